@@ -1,0 +1,48 @@
+"""The ASGI application: /ws goes straight to the socket handler, the rest to FastAPI."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from server import __version__
+from server.chat.services import Services
+from server.config import Settings
+from server.web.http_api import router
+from server.web.ws_endpoint import handle_socket
+
+
+class ChatApp:
+    """Routes WebSocket scopes without Starlette's per-frame wrapping; HTTP and lifespan to FastAPI."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.services: Services | None = None
+
+        @asynccontextmanager
+        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+            self.services = await Services.start(settings)
+            app.state.services = self.services
+            try:
+                yield
+            finally:
+                await self.services.close()
+
+        self.http = FastAPI(title="chat-server", version=__version__, lifespan=lifespan)
+        self.http.include_router(router)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            if scope["path"] == "/ws" and self.services is not None:
+                await handle_socket(scope, receive, send, self.services)
+            else:
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        await self.http(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> ChatApp:
+    return ChatApp(settings or Settings())

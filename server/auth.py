@@ -1,0 +1,77 @@
+"""Who is talking: HS256 tokens whose `sub` is the user id.
+
+Token mode (CHAT_AUTH_SECRET set): a valid token is required. Open mode: a connection without a
+token becomes a new user, and the server mints a token for it with a secret kept in the database,
+so the identity survives restarts. In both modes a token that is present must be valid.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+
+import jwt
+
+ALGORITHM = "HS256"
+LEEWAY_S = 30
+OPEN_MODE_SECRET_NAME = "open_mode_jwt_secret"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user_id: str
+    expires_at: float | None = None  # the token's exp, if it has one
+    minted_token: str | None = None  # set when the server created this user just now
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.expires_at is not None and (now or time.time()) > self.expires_at + LEEWAY_S
+
+
+class AuthError(Exception):
+    pass
+
+
+class Authenticator:
+    def __init__(self, secret: str, token_mode: bool):
+        self._secret = secret
+        self.token_mode = token_mode
+
+    @staticmethod
+    def new_secret() -> str:
+        return secrets.token_urlsafe(48)
+
+    def verify(self, token: str) -> Identity:
+        try:
+            claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM], leeway=LEEWAY_S,
+                                options={"require": ["sub"]})
+        except jwt.PyJWTError as e:
+            raise AuthError(f"invalid token: {e}") from None
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub or len(sub) > 255:
+            raise AuthError("invalid token: sub must be a non-empty string")
+        exp = claims.get("exp")
+        return Identity(sub, float(exp) if isinstance(exp, int | float) else None)
+
+    def mint(self, user_id: str, ttl_s: float | None = None) -> str:
+        claims: dict[str, object] = {"sub": user_id, "iat": int(time.time())}
+        if ttl_s is not None:
+            claims["exp"] = int(time.time() + ttl_s)
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def identify(self, token: str | None) -> Identity:
+        """The identity for a connection presenting `token` (None: it presented none)."""
+        if token:
+            return self.verify(token)
+        if self.token_mode:
+            raise AuthError("a token is required")
+        user_id = "u-" + uuid.uuid4().hex
+        return Identity(user_id, minted_token=self.mint(user_id))
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None

@@ -1,0 +1,334 @@
+"""One socket: a reader that parses frames and a worker that runs turns one at a time.
+
+The connection holds the database factory for its whole life and opens a unit of work only
+at a turn's commit points, so waiting on the client or the model holds no connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from server import PROTOCOL, metrics
+from server.auth import Identity
+from server.chat.backends import ChatTurn, ContextMessage
+from server.chat.services import Services
+from server.chat.turns import (
+    Accepted,
+    ConversationNotFound,
+    TurnControl,
+    accept_message,
+    store_reply,
+)
+from server.db.store import Message, new_id
+from server.db.uow import DatabaseUnavailable
+from server.protocol import frames
+from server.protocol.codes import CloseCode, ErrorCode
+from server.protocol.frames import CancelFrame, FrameError, HistoryFrame, MessageFrame
+from server.web.socket import Disconnected, Socket
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE_DETAIL = "the database could not take the message; it was not stored: send it again"
+
+
+class ChatConnection:
+    def __init__(self, sock: Socket, services: Services, identity: Identity):
+        self.sock = sock
+        self.svc = services
+        self.identity = identity
+        self.user_id = identity.user_id
+        self.conversation_id: str | None = None
+        self.waiting: deque[MessageFrame] = deque()
+        self.wake = asyncio.Event()
+        self.turn: TurnControl | None = None
+        self.closing = False
+        self.worker: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def serve(self, requested_conversation: str | None) -> None:
+        hub = self.svc.hub
+        await self.sock.accept()
+        hub.add(self)
+        try:
+            start = await self._resolve_start(requested_conversation)
+            await self.sock.send({"type": "ready", "protocol": PROTOCOL, "user_id": self.user_id,
+                                  "conversation_id": self.conversation_id,
+                                  **({"token": self.identity.minted_token} if self.identity.minted_token else {})})
+            if start is not None:
+                await self.sock.send(start)
+            self.worker = asyncio.create_task(self._work())
+            await self._read()
+        except Disconnected:
+            pass
+        except Exception:
+            log.exception("socket handler failed (user %s)", self.user_id)
+            await self.sock.close(CloseCode.INTERNAL)
+        finally:
+            self._leave("interrupted")
+            if self.worker is not None:
+                # Shielded: even if this handler is cancelled, the reply in flight gets stored.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.worker)
+            hub.remove(self)
+
+    async def shut_down(self) -> None:
+        """Server shutdown: the reply in flight is stored as interrupted, then close with 1001."""
+        self._leave("interrupted")
+        if self.worker is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.worker)
+        await self.sock.close(CloseCode.GOING_AWAY, "server shutting down")
+
+    def _leave(self, reason: str) -> None:
+        self.closing = True
+        self.waiting.clear()  # never acknowledged, so dropping them loses nothing
+        if self.turn is not None:
+            self.turn.stop(reason)
+        self.wake.set()
+
+    async def _resolve_start(self, requested: str | None) -> dict[str, Any] | None:
+        if requested is None:
+            return None
+        try:
+            async with self.svc.db.reader() as uow:
+                owned = await uow.store.owns_conversation(requested, self.user_id)
+        except DatabaseUnavailable:
+            return frames.error(ErrorCode.UNAVAILABLE, "the database is unavailable; try again")
+        if owned:
+            self.conversation_id = requested
+            return None
+        return frames.error(ErrorCode.NOT_FOUND, "no such conversation")
+
+    # -- reading -------------------------------------------------------------------------------
+    async def _read(self) -> None:
+        max_chars = self.svc.settings.max_message_chars
+        while True:
+            incoming = await self.sock.receive()
+            if self.identity.expired():
+                await self.sock.close(CloseCode.POLICY, "token expired")
+                return
+            if incoming.text is None:
+                await self._refuse(FrameError(ErrorCode.INVALID, "binary frames are not accepted; send text"))
+                continue
+            try:
+                frame = frames.parse(incoming.text, max_chars)
+            except FrameError as e:
+                await self._refuse(e)
+                continue
+            if isinstance(frame, MessageFrame):
+                await self._enqueue(frame)
+            elif isinstance(frame, CancelFrame):
+                if self.turn is not None:
+                    self.turn.stop("cancelled")
+            elif isinstance(frame, HistoryFrame):
+                await self.sock.send(await self._history(frame))
+
+    async def _refuse(self, e: FrameError) -> None:
+        metrics.MESSAGES_REFUSED.labels(e.code.value).inc()
+        await self.sock.send(frames.error(e.code, e.detail, e.client_id))
+
+    async def _enqueue(self, frame: MessageFrame) -> None:
+        # Up to max_waiting wait behind the turn in progress (which may not have been taken yet).
+        room = self.svc.settings.max_waiting + (0 if self.turn is not None else 1)
+        if len(self.waiting) >= room:
+            await self._refuse(FrameError(
+                ErrorCode.BUSY, f"{self.svc.settings.max_waiting} messages are already waiting; "
+                "send this one again after a reply is done", frame.client_id))
+            return
+        self.waiting.append(frame)
+        self.wake.set()
+
+    async def _history(self, frame: HistoryFrame) -> dict[str, Any]:
+        try:
+            async with self.svc.db.reader() as uow:
+                if not await uow.store.owns_conversation(frame.conversation_id, self.user_id):
+                    return frames.error(ErrorCode.NOT_FOUND, "no such conversation")
+                before_seq = None
+                if frame.before is not None:
+                    before_seq = await uow.store.seq_of(frame.before, frame.conversation_id)
+                    if before_seq is None:
+                        return frames.error(ErrorCode.INVALID, "before is not a message of this conversation")
+                page, has_more = await uow.store.page(frame.conversation_id, before_seq, frame.limit)
+        except DatabaseUnavailable:
+            return frames.error(ErrorCode.UNAVAILABLE, "the database is unavailable; try again")
+        return {"type": "history", "conversation_id": frame.conversation_id,
+                "messages": [m.to_wire() for m in page], "has_more": has_more}
+
+    # -- turns ---------------------------------------------------------------------------------
+    async def _work(self) -> None:
+        while not self.closing:
+            if not self.waiting:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            frame = self.waiting.popleft()
+            self.turn = control = TurnControl()
+            try:
+                await self._turn(frame, control)
+            except Disconnected:
+                pass
+            except Exception:
+                log.exception("turn failed (user %s)", self.user_id)
+                with contextlib.suppress(Disconnected):
+                    await self.sock.send(frames.error(ErrorCode.INTERNAL, "internal error", frame.client_id))
+            finally:
+                self.turn = None
+
+    async def _turn(self, frame: MessageFrame, control: TurnControl) -> None:
+        received_at = time.perf_counter()
+        try:
+            accepted = await accept_message(self.svc.db, self.user_id, frame, self.conversation_id)
+        except ConversationNotFound:
+            await self._refuse(FrameError(ErrorCode.NOT_FOUND, "no such conversation", frame.client_id))
+            return
+        except DatabaseUnavailable:
+            log.warning("user message not stored: database unavailable (user %s)", self.user_id, exc_info=True)
+            metrics.TURNS.labels("unavailable").inc()
+            await self._refuse(FrameError(ErrorCode.UNAVAILABLE, UNAVAILABLE_DETAIL, frame.client_id))
+            return
+        message = accepted.message
+        self.conversation_id = message.conversation_id
+        await self.sock.send({"type": "ack", "client_id": message.client_id,
+                              "conversation_id": message.conversation_id, "message_id": message.id,
+                              "duplicate": accepted.duplicate})
+        await self._reply(accepted, control, received_at)
+
+    async def _reply(self, accepted: Accepted, control: TurnControl, received_at: float) -> None:
+        hub, message = self.svc.hub, accepted.message
+        duplicate = accepted.duplicate
+        while True:
+            if duplicate:
+                other = hub.in_flight(message.id)
+                if other is not None:  # streaming elsewhere: wait for it, then look again
+                    await self._wait_for(other.finished, control)
+                    continue
+                if await self._send_stored_reply(message):
+                    return
+            entry = hub.claim(message.id, message.conversation_id, control.stop)
+            if entry is None:
+                duplicate = True
+                continue
+            stored: Message | None = None
+            try:
+                stored = await self._generate(message, control, received_at)
+            finally:
+                hub.release(entry, stored)
+            return
+
+    async def _wait_for(self, finished: asyncio.Future[Message | None], control: TurnControl) -> None:
+        stop = asyncio.ensure_future(control.stopped.wait())
+        try:
+            await asyncio.wait({finished, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if self.closing:
+            raise Disconnected()
+
+    async def _send_stored_reply(self, message: Message) -> bool:
+        """Answer a duplicate from its stored final reply; False when it needs a new one."""
+        try:
+            async with self.svc.db.reader() as uow:
+                replies = await uow.store.replies_to(message.id)
+        except DatabaseUnavailable:
+            await self.sock.send(frames.error(ErrorCode.UNAVAILABLE, "the database is unavailable; send it again",
+                                              message.client_id))
+            return True
+        final = next((r for r in reversed(replies) if r.status != "interrupted"), None)
+        if final is None:
+            return False
+        await self.sock.send(self._done(final))
+        return True
+
+    async def _generate(self, message: Message, control: TurnControl, received_at: float) -> Message | None:
+        reply_id = new_id()
+        parts: list[str] = []
+        status, detail = "interrupted", None
+        try:
+            await self.sock.send({"type": "start", "conversation_id": message.conversation_id,
+                                  "message_id": reply_id, "reply_to": message.id})
+            status, detail = await self._stream(message, reply_id, parts, control, received_at)
+        except Disconnected:
+            status = "interrupted"
+        if status == "deleted":
+            with contextlib.suppress(Disconnected):
+                await self.sock.send(frames.error(ErrorCode.NOT_FOUND, "the conversation was deleted"))
+            return None
+        try:
+            stored = await asyncio.shield(store_reply(self.svc.db, self.user_id, message, reply_id,
+                                                      "".join(parts), status))
+        except DatabaseUnavailable:
+            log.error("reply %s to %s not stored: database unavailable", reply_id, message.id, exc_info=True)
+            metrics.TURNS.labels("unavailable").inc()
+            await self.sock.send(frames.error(
+                ErrorCode.UNAVAILABLE, "the reply could not be stored; send the message again with the same "
+                "client_id to get it", message.client_id))
+            return None
+        metrics.TURNS.labels(status).inc()
+        if stored is None:  # the conversation was deleted while the reply was being stored
+            await self.sock.send(frames.error(ErrorCode.NOT_FOUND, "the conversation was deleted"))
+        elif status != "interrupted":
+            await self.sock.send(self._done(stored, detail))
+        return stored
+
+    async def _stream(self, message: Message, reply_id: str, parts: list[str], control: TurnControl,
+                      received_at: float) -> tuple[str, str | None]:
+        """Relay the backend's pieces as deltas until it ends, fails, times out or is stopped."""
+        backend = self.svc.backend
+        turn = ChatTurn(message.conversation_id, message.content, await self._context(message))
+
+        async def pump() -> None:
+            stream = backend.stream(turn)
+            try:
+                async for piece in stream:
+                    if not piece:
+                        continue
+                    await self.sock.send({"type": "delta", "message_id": reply_id, "content": piece})
+                    if not parts:
+                        metrics.FIRST_DELTA_SECONDS.observe(time.perf_counter() - received_at)
+                    parts.append(piece)  # only what the client was sent: done.content == the deltas
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
+
+        pumping = asyncio.ensure_future(pump())
+        stopping = asyncio.ensure_future(control.stopped.wait())
+        try:
+            done, _ = await asyncio.wait({pumping, stopping}, timeout=self.svc.settings.llm_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not pumping.done():
+                pumping.cancel()
+            with contextlib.suppress(BaseException):
+                await pumping
+        if pumping in done:
+            error = pumping.exception()
+            if error is None:
+                return "complete", None
+            if isinstance(error, Disconnected):
+                return "interrupted", None
+            log.warning("backend %s failed on reply %s: %r", backend.name, reply_id, error)
+            return "error", f"the model backend failed: {error}"
+        if stopping in done:
+            return control.reason or "cancelled", None
+        return "error", f"the model did not finish within {self.svc.settings.llm_timeout_s:g} s"
+
+    async def _context(self, message: Message) -> list[ContextMessage]:
+        wanted = self.svc.backend.context_messages
+        if not wanted:
+            return []
+        async with self.svc.db.reader() as uow:
+            page, _ = await uow.store.page(message.conversation_id, message.seq, wanted)
+        return [ContextMessage(m.role, m.content, m.status) for m in page]
+
+    @staticmethod
+    def _done(reply: Message, detail: str | None = None) -> dict[str, Any]:
+        frame: dict[str, Any] = {"type": "done", "conversation_id": reply.conversation_id, "message_id": reply.id,
+                                 "status": reply.status, "content": reply.content}
+        if reply.status == "error":
+            frame["error"] = detail or "the reply failed"
+        return frame

@@ -1,0 +1,85 @@
+"""All configuration: one Settings object read from CHAT_* variables and ./.env."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/chat.db"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHAT_", env_file=".env", extra="ignore")
+
+    database_url: str = DEFAULT_DATABASE_URL
+    # Pool size; None picks per database (SQLite 4, PostgreSQL 10). Never overflows: a burst
+    # waits db_pool_timeout_s for a connection rather than opening new ones.
+    db_pool_size: int | None = Field(default=None, ge=1)
+    db_pool_timeout_s: float = Field(default=10.0, gt=0)
+    sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0)
+
+    auth_secret: SecretStr | None = None
+    allowed_origins: Annotated[list[str], NoDecode] = []
+
+    max_message_chars: int = Field(default=32_000, ge=1)
+    max_waiting: int = Field(default=8, ge=0)
+    send_timeout_s: float = Field(default=10.0, gt=0)
+    ws_ping_interval_s: float = Field(default=20.0, ge=0)
+    shutdown_grace_s: float = Field(default=6.0, gt=0)
+
+    llm: Literal["echo", "openai"] = "echo"
+    llm_timeout_s: float = Field(default=120.0, gt=0)
+    echo_delay_ms: int = Field(default=30, ge=0)
+    openai_base_url: str | None = Field(default=None, validation_alias=AliasChoices("OPENAI_BASE_URL"))
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("OPENAI_API_KEY"))
+    model: str = "gpt-4o-mini"
+
+    log_level: str = "info"
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [o.strip().rstrip("/") for o in v.split(",") if o.strip()]
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, v: str) -> str:
+        # Accept the URLs people paste from elsewhere and pick the async driver for them.
+        for plain, async_ in (("postgres://", "postgresql+asyncpg://"), ("postgresql://", "postgresql+asyncpg://"),
+                              ("sqlite://", "sqlite+aiosqlite://")):
+            if v.startswith(plain):
+                return async_ + v[len(plain):]
+        return v
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        if not self.is_sqlite:
+            return None
+        path = self.database_url.split("///", 1)[1] if "///" in self.database_url else ""
+        return Path(path.split("?", 1)[0]) if path and path != ":memory:" else None
+
+    @property
+    def pool_size(self) -> int:
+        if self.db_pool_size is not None:
+            return self.db_pool_size
+        return 4 if self.is_sqlite else 10
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """A content at the limit fits however it is escaped (\\uXXXX\\uXXXX is 12 bytes)."""
+        return 12 * self.max_message_chars + 4096
+
+    @cached_property
+    def token_mode(self) -> bool:
+        return self.auth_secret is not None and bool(self.auth_secret.get_secret_value())

@@ -1,0 +1,54 @@
+"""Engine construction: pool limits and SQLite's durability and locking settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
+
+from server.config import Settings
+
+IMMEDIATE = "sqlite_begin_immediate"
+
+
+def make_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
+    kwargs: dict[str, Any] = {}
+    if pooled:
+        # No overflow: connections opened past the pool size are churned per burst (PERF-NOTES).
+        kwargs.update(pool_size=settings.pool_size, max_overflow=0, pool_timeout=settings.db_pool_timeout_s)
+    else:
+        kwargs["poolclass"] = NullPool
+    if settings.is_sqlite:
+        path = settings.sqlite_path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": settings.sqlite_busy_timeout_ms / 1000}
+    engine = create_async_engine(settings.database_url, **kwargs)
+    if settings.is_sqlite:
+        _configure_sqlite(engine, settings)
+    return engine
+
+
+def _configure_sqlite(engine: AsyncEngine, settings: Settings) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+        # Take transaction control from the driver so that BEGIN is ours (IMMEDIATE for writes).
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
+        cursor.execute(f"PRAGMA busy_timeout={settings.sqlite_busy_timeout_ms}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # A write transaction takes the write lock at BEGIN: a deferred one that upgrades later
+        # can fail with SQLITE_BUSY without waiting, which busy_timeout cannot help.
+        immediate = conn.get_execution_options().get(IMMEDIATE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -1,0 +1,73 @@
+"""The tables. Alembic owns the schema; tests check that these and the migrations agree."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ID = String(36)
+USER_ID = String(255)
+
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("user_id", USER_ID, nullable=False),
+    Column("title", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The highest `seq` given to a message of this conversation. Taking the next one is an
+    # UPDATE of this row, so concurrent writers to one conversation queue on its row lock.
+    Column("last_seq", Integer, nullable=False),
+    Index("ix_conversations_user_updated", "user_id", "updated_at"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("conversation_id", ID, ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", USER_ID, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("client_id", String(64), nullable=True),
+    Column("reply_to", ID, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),
+    # The idempotency key is unique per user in the database, not only in the server's memory.
+    UniqueConstraint("user_id", "client_id", name="uq_messages_user_client_id"),
+    CheckConstraint("role IN ('user', 'assistant')", name="role"),
+    CheckConstraint("status IN ('complete', 'cancelled', 'error', 'interrupted')", name="status"),
+    Index("ix_messages_reply_to", "reply_to"),
+)
+
+server_secrets = Table(
+    "server_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(255), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,17 @@
+"""What an operator needs first, in Prometheus form (served at /metrics)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SOCKETS_OPEN = Gauge("chat_sockets_open", "WebSocket connections currently open")
+REPLIES_IN_FLIGHT = Gauge("chat_replies_in_flight", "Assistant replies being generated now")
+TURNS = Counter("chat_turns_total", "Turns by final status of the reply", ["status"])
+MESSAGES_REFUSED = Counter("chat_messages_refused_total", "Client frames answered with an error", ["code"])
+DB_COMMITS = Counter("chat_db_commits_total", "Committed units of work")
+DB_COMMIT_FAILURES = Counter("chat_db_commit_failures_total", "Units of work whose commit failed")
+DB_COMMIT_SECONDS = Histogram(
+    "chat_db_commit_seconds", "Time for COMMIT to return",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+FIRST_DELTA_SECONDS = Histogram(
+    "chat_time_to_first_delta_seconds", "From the user's message to the first delta of its reply",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+DB_POOL_CHECKED_OUT = Gauge("chat_db_pool_checked_out", "Database connections checked out of the pool now")

@@ -1,0 +1,109 @@
+"""The HTTP API beside the socket: conversations, messages, health and metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from server.auth import AuthError, Identity, bearer_token
+from server.chat.services import Services
+from server.db.uow import DatabaseUnavailable
+from server.protocol.frames import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT
+from server.web.static import STATIC_DIR
+
+router = APIRouter()
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def identity(request: Request, svc: Annotated[Services, Depends(services)]) -> Identity:
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None:
+        raise HTTPException(401, "send Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"})
+    try:
+        return svc.auth.verify(token)
+    except AuthError as e:
+        raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from None
+
+
+Svc = Annotated[Services, Depends(services)]
+User = Annotated[Identity, Depends(identity)]
+NOT_FOUND = "no such conversation"
+
+
+def unavailable() -> HTTPException:
+    return HTTPException(503, "the database is unavailable; try again")
+
+
+@router.get("/api/conversations")
+async def list_conversations(svc: Svc, user: User) -> dict[str, Any]:
+    try:
+        async with svc.db.reader() as uow:
+            return {"items": await uow.store.list_conversations(user.user_id)}
+    except DatabaseUnavailable:
+        raise unavailable() from None
+
+
+@router.get("/api/conversations/{conversation_id}/messages")
+async def list_messages(conversation_id: str, svc: Svc, user: User, before: str | None = None,
+                        limit: Annotated[int, Query(ge=1, le=MAX_HISTORY_LIMIT)] = DEFAULT_HISTORY_LIMIT,
+                        ) -> dict[str, Any]:
+    try:
+        async with svc.db.reader() as uow:
+            if not await uow.store.owns_conversation(conversation_id, user.user_id):
+                raise HTTPException(404, NOT_FOUND)
+            before_seq = None
+            if before is not None:
+                before_seq = await uow.store.seq_of(before, conversation_id)
+                if before_seq is None:
+                    raise HTTPException(400, "before is not a message of this conversation")
+            page, has_more = await uow.store.page(conversation_id, before_seq, limit)
+    except DatabaseUnavailable:
+        raise unavailable() from None
+    return {"conversation_id": conversation_id, "messages": [m.to_wire() for m in page], "has_more": has_more}
+
+
+@router.delete("/api/conversations/{conversation_id}", status_code=204)
+async def delete_conversation(conversation_id: str, svc: Svc, user: User) -> Response:
+    try:
+        async with svc.db.unit_of_work() as uow:
+            if not await uow.store.delete_conversation(conversation_id, user.user_id):
+                raise HTTPException(404, NOT_FOUND)
+            await uow.commit()
+    except DatabaseUnavailable:
+        raise unavailable() from None
+    svc.hub.stop_conversation(conversation_id, "deleted")
+    return Response(status_code=204)
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+@router.get("/readyz")
+async def readyz(svc: Svc) -> JSONResponse:
+    checks = {"database": "ok", "backend": "ok"}
+    try:
+        await svc.db.ping()
+    except DatabaseUnavailable as e:
+        checks["database"] = f"unavailable: {e}"[:300]
+    if not await svc.backend.ready():
+        checks["backend"] = "unavailable"
+    ok = checks["database"] == "ok"  # a model backend that is down leaves the server up: turns end in error
+    return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
+
+
+@router.get("/metrics")
+async def metrics_endpoint() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html")

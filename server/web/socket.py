@@ -1,0 +1,99 @@
+"""A WebSocket over raw ASGI: explicit state, bounded sends, and a real abort.
+
+Starlette's WebSocket would do for most of this, but a client that stops reading leaves
+uvicorn's `send` waiting for the transport to drain forever; the only way out is to abort the
+TCP connection, which needs the transport that uvicorn's protocol object holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from server.protocol.frames import encode
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+
+
+class Disconnected(Exception):
+    """The client is gone (closed, reset, or too slow to read what we send)."""
+
+
+@dataclass(slots=True)
+class Incoming:
+    text: str | None = None
+    binary: bool = False
+
+
+class Socket:
+    def __init__(self, scope: Scope, receive: Any, send: Any, send_timeout_s: float):
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self._send_timeout_s = send_timeout_s
+        self.open = False  # accepted and not yet closed or disconnected
+        self.close_code: int | None = None
+
+    # -- handshake -------------------------------------------------------------------------------
+    async def wait_connect(self) -> bool:
+        return (await self._receive())["type"] == "websocket.connect"
+
+    async def accept(self) -> None:
+        await self._send({"type": "websocket.accept"})
+        self.open = True
+
+    async def refuse(self) -> None:
+        """Before accept: uvicorn answers the handshake with HTTP 403."""
+        await self._send({"type": "websocket.close", "code": 1008})
+
+    # -- frames --------------------------------------------------------------------------------
+    async def receive(self) -> Incoming:
+        while True:
+            event = await self._receive()
+            kind = event["type"]
+            if kind == "websocket.receive":
+                if event.get("text") is not None:
+                    return Incoming(text=event["text"])
+                return Incoming(binary=True)
+            if kind == "websocket.disconnect":
+                self.open = False
+                self.close_code = self.close_code or event.get("code")
+                raise Disconnected()
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        """Send a frame, or raise Disconnected; a client that does not read is cut off."""
+        if not self.open:
+            raise Disconnected()
+        try:
+            async with asyncio.timeout(self._send_timeout_s):
+                await self._send({"type": "websocket.send", "text": encode(frame)})
+        except TimeoutError:
+            log.warning("client did not read for %.1fs; dropping the connection", self._send_timeout_s)
+            self.abort()
+            raise Disconnected() from None
+        except (OSError, RuntimeError) as e:  # uvicorn's ClientDisconnected is an OSError
+            self.open = False
+            raise Disconnected() from e
+
+    async def close(self, code: int, reason: str = "") -> None:
+        if not self.open:
+            return
+        self.open = False
+        self.close_code = code
+        try:
+            async with asyncio.timeout(self._send_timeout_s):
+                await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        except TimeoutError:
+            self.abort()
+        except (OSError, RuntimeError):
+            pass
+
+    def abort(self) -> None:
+        self.open = False
+        transport = getattr(getattr(self._send, "__self__", None), "transport", None)
+        if transport is not None:
+            transport.abort()  # connection_lost then queues the disconnect for receive()

@@ -1,0 +1,54 @@
+"""The /ws handshake: shutting down, Origin, identity; then the connection takes over."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import parse_qs, urlsplit
+
+from server.auth import AuthError, bearer_token
+from server.chat.connection import ChatConnection
+from server.chat.services import Services
+from server.web.socket import Scope, Socket
+
+log = logging.getLogger(__name__)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
+    """No Origin (wscat, scripts) is allowed; a present one must be ours or allow-listed."""
+    if origin is None:
+        return True
+    origin = origin.rstrip("/")
+    if origin in allowed:
+        return True
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and host is not None and parts.netloc.lower() == host.lower()
+
+
+async def handle_socket(scope: Scope, receive, send, svc: Services) -> None:  # type: ignore[no-untyped-def]
+    sock = Socket(scope, receive, send, svc.settings.send_timeout_s)
+    if not await sock.wait_connect():
+        return
+    if svc.hub.shutting_down:
+        await sock.refuse()
+        return
+    if not origin_allowed(_header(scope, b"origin"), _header(scope, b"host"), svc.settings.allowed_origins):
+        log.info("refused a socket from origin %s", _header(scope, b"origin"))
+        await sock.refuse()
+        return
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    token = (query.get("token") or [None])[0] or bearer_token(_header(scope, b"authorization"))
+    try:
+        identity = svc.auth.identify(token)
+    except AuthError as e:
+        log.info("refused a socket: %s", e)
+        await sock.refuse()
+        return
+    conversation_id = (query.get("conversation_id") or [None])[0] or None
+    await ChatConnection(sock, svc, identity).serve(conversation_id)
