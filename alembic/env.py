@@ -7,9 +7,9 @@
 
 import asyncio
 
-from alembic import context
 from sqlalchemy.engine import Connection
 
+from alembic import context
 from server.config import Settings
 from server.db.engine import make_engine
 from server.db.schema import metadata

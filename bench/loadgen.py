@@ -171,7 +171,7 @@ async def run_socket(ws: ClientConnection, idx: int, args: argparse.Namespace, r
         except TurnFailed as e:
             stats.fail(str(e))
             continue
-        except asyncio.TimeoutError:  # the frame stream is out of step now
+        except TimeoutError:  # the frame stream is out of step now
             stats.fail("timeout")
             stats.fail("skipped after timeout", args.turns - turn - 1)
             return

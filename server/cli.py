@@ -14,7 +14,9 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("uvicorn.error").setLevel(max(logging.INFO, logging.getLogger().level))
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # our own line says what was migrated
+    # Our own lines say what was migrated and what the model backend did.
+    for noisy in ("alembic", "httpx", "httpx2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def parser() -> argparse.ArgumentParser:

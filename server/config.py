@@ -38,6 +38,14 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(default=None, validation_alias=AliasChoices("OPENAI_BASE_URL"))
     openai_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("OPENAI_API_KEY"))
     model: str = "gpt-4o-mini"
+    system_prompt: str = "You are a helpful assistant."
+    # Context sent with each turn: the latest messages that fit, oldest dropped first.
+    context_messages: int = Field(default=40, ge=0)
+    context_chars: int = Field(default=24_000, ge=0)
+    llm_connect_timeout_s: float = Field(default=5.0, gt=0)
+    llm_first_token_timeout_s: float = Field(default=30.0, gt=0)
+    llm_idle_timeout_s: float = Field(default=30.0, gt=0)  # silence between chunks
+    llm_retries: int = Field(default=2, ge=0)  # only before the first token
 
     log_level: str = "info"
 

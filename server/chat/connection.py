@@ -16,6 +16,7 @@ from typing import Any
 from server import PROTOCOL, metrics
 from server.auth import Identity
 from server.chat.backends import ChatTurn, ContextMessage
+from server.chat.replies import Draft, stream_reply
 from server.chat.services import Services
 from server.chat.turns import (
     Accepted,
@@ -47,6 +48,7 @@ class ChatConnection:
         self.wake = asyncio.Event()
         self.turn: TurnControl | None = None
         self.closing = False
+        self.gone = asyncio.Event()  # set once the socket is going away (disconnect or shutdown)
         self.worker: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -86,6 +88,7 @@ class ChatConnection:
 
     def _leave(self, reason: str) -> None:
         self.closing = True
+        self.gone.set()
         self.waiting.clear()  # never acknowledged, so dropping them loses nothing
         if self.turn is not None:
             self.turn.stop(reason)
@@ -205,7 +208,7 @@ class ChatConnection:
             if duplicate:
                 other = hub.in_flight(message.id)
                 if other is not None:  # streaming elsewhere: wait for it, then look again
-                    await self._wait_for(other.finished, control)
+                    await self._wait_for(other.finished)
                     continue
                 if await self._send_stored_reply(message):
                     return
@@ -220,12 +223,14 @@ class ChatConnection:
                 hub.release(entry, stored)
             return
 
-    async def _wait_for(self, finished: asyncio.Future[Message | None], control: TurnControl) -> None:
-        stop = asyncio.ensure_future(control.stopped.wait())
+    async def _wait_for(self, finished: asyncio.Future[Message | None]) -> None:
+        """Wait for a reply another socket is generating. A cancel here does not stop that reply
+        (it is not this socket's); only this socket going away ends the wait."""
+        gone = asyncio.ensure_future(self.gone.wait())
         try:
-            await asyncio.wait({finished, stop}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({finished, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stop.cancel()
+            gone.cancel()
         if self.closing:
             raise Disconnected()
 
@@ -245,24 +250,27 @@ class ChatConnection:
         return True
 
     async def _generate(self, message: Message, control: TurnControl, received_at: float) -> Message | None:
-        reply_id = new_id()
-        parts: list[str] = []
+        draft = Draft(new_id(), received_at)
         status, detail = "interrupted", None
         try:
             await self.sock.send({"type": "start", "conversation_id": message.conversation_id,
-                                  "message_id": reply_id, "reply_to": message.id})
-            status, detail = await self._stream(message, reply_id, parts, control, received_at)
+                                  "message_id": draft.reply_id, "reply_to": message.id})
+            turn = ChatTurn(message.conversation_id, message.content, await self._context(message), draft.stats)
+            status, detail = await stream_reply(self.svc.backend, turn, draft, self._send_delta(draft.reply_id),
+                                                control, self.svc.settings.llm_timeout_s)
         except Disconnected:
             status = "interrupted"
+        except DatabaseUnavailable:
+            status, detail = "error", "the conversation could not be read from the database"
         if status == "deleted":
             with contextlib.suppress(Disconnected):
                 await self.sock.send(frames.error(ErrorCode.NOT_FOUND, "the conversation was deleted"))
             return None
         try:
-            stored = await asyncio.shield(store_reply(self.svc.db, self.user_id, message, reply_id,
-                                                      "".join(parts), status))
+            stored = await asyncio.shield(store_reply(self.svc.db, self.user_id, message, draft.reply_id,
+                                                      draft.content, status, draft.meta()))
         except DatabaseUnavailable:
-            log.error("reply %s to %s not stored: database unavailable", reply_id, message.id, exc_info=True)
+            log.error("reply %s to %s not stored: database unavailable", draft.reply_id, message.id, exc_info=True)
             metrics.TURNS.labels("unavailable").inc()
             await self.sock.send(frames.error(
                 ErrorCode.UNAVAILABLE, "the reply could not be stored; send the message again with the same "
@@ -275,47 +283,11 @@ class ChatConnection:
             await self.sock.send(self._done(stored, detail))
         return stored
 
-    async def _stream(self, message: Message, reply_id: str, parts: list[str], control: TurnControl,
-                      received_at: float) -> tuple[str, str | None]:
-        """Relay the backend's pieces as deltas until it ends, fails, times out or is stopped."""
-        backend = self.svc.backend
-        turn = ChatTurn(message.conversation_id, message.content, await self._context(message))
+    def _send_delta(self, reply_id: str):  # type: ignore[no-untyped-def]
+        async def send(piece: str) -> None:
+            await self.sock.send({"type": "delta", "message_id": reply_id, "content": piece})
 
-        async def pump() -> None:
-            stream = backend.stream(turn)
-            try:
-                async for piece in stream:
-                    if not piece:
-                        continue
-                    await self.sock.send({"type": "delta", "message_id": reply_id, "content": piece})
-                    if not parts:
-                        metrics.FIRST_DELTA_SECONDS.observe(time.perf_counter() - received_at)
-                    parts.append(piece)  # only what the client was sent: done.content == the deltas
-            finally:
-                await stream.aclose()  # type: ignore[attr-defined]
-
-        pumping = asyncio.ensure_future(pump())
-        stopping = asyncio.ensure_future(control.stopped.wait())
-        try:
-            done, _ = await asyncio.wait({pumping, stopping}, timeout=self.svc.settings.llm_timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            if not pumping.done():
-                pumping.cancel()
-            with contextlib.suppress(BaseException):
-                await pumping
-        if pumping in done:
-            error = pumping.exception()
-            if error is None:
-                return "complete", None
-            if isinstance(error, Disconnected):
-                return "interrupted", None
-            log.warning("backend %s failed on reply %s: %r", backend.name, reply_id, error)
-            return "error", f"the model backend failed: {error}"
-        if stopping in done:
-            return control.reason or "cancelled", None
-        return "error", f"the model did not finish within {self.svc.settings.llm_timeout_s:g} s"
+        return send
 
     async def _context(self, message: Message) -> list[ContextMessage]:
         wanted = self.svc.backend.context_messages

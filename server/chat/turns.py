@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
 
-from server.db.store import Message, new_id, utcnow
+from server.db.store import Message, ReplyMeta, new_id, utcnow
 from server.db.uow import Database, DatabaseUnavailable
 from server.protocol.frames import ABSENT, MessageFrame
 
@@ -83,11 +83,11 @@ async def _accept_once(db: Database, user_id: str, frame: MessageFrame, current:
 
 
 async def store_reply(db: Database, user_id: str, reply_to: Message, reply_id: str, content: str,
-                      status: str) -> Message | None:
+                      status: str, meta: ReplyMeta) -> Message | None:
     """Commit the assistant's reply; None when its conversation was deleted meanwhile."""
     for attempt in range(STORE_ATTEMPTS):
         try:
-            return await _store_reply_once(db, user_id, reply_to, reply_id, content, status)
+            return await _store_reply_once(db, user_id, reply_to, reply_id, content, status, meta)
         except DatabaseUnavailable:
             if attempt == STORE_ATTEMPTS - 1:
                 raise
@@ -97,7 +97,7 @@ async def store_reply(db: Database, user_id: str, reply_to: Message, reply_id: s
 
 
 async def _store_reply_once(db: Database, user_id: str, reply_to: Message, reply_id: str, content: str,
-                            status: str) -> Message | None:
+                            status: str, meta: ReplyMeta) -> Message | None:
     async with db.unit_of_work() as uow:
         now = utcnow()
         seq = await uow.store.next_seq(reply_to.conversation_id, user_id, now)
@@ -105,7 +105,8 @@ async def _store_reply_once(db: Database, user_id: str, reply_to: Message, reply
             return None
         reply = await uow.store.add_message(
             message_id=reply_id, conversation_id=reply_to.conversation_id, user_id=user_id, seq=seq,
-            role="assistant", content=content, status=status, client_id=None, reply_to=reply_to.id, now=now)
+            role="assistant", content=content, status=status, client_id=None, reply_to=reply_to.id, now=now,
+            stats=meta)
         await uow.commit()
     log.info("committed %s reply %s to %s (conversation %s, user %s, %d chars)",
              status, reply_id, reply_to.id, reply_to.conversation_id, user_id, len(content))

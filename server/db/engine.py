@@ -15,7 +15,9 @@ IMMEDIATE = "sqlite_begin_immediate"
 
 
 def make_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
-    kwargs: dict[str, Any] = {}
+    # Every unit of work ends its transaction itself, so the pool's rollback-on-return would be
+    # a wasted round trip (a thread hop per commit on aiosqlite).
+    kwargs: dict[str, Any] = {"pool_reset_on_return": None}
     if pooled:
         # No overflow: connections opened past the pool size are churned per burst (PERF-NOTES).
         kwargs.update(pool_size=settings.pool_size, max_overflow=0, pool_timeout=settings.db_pool_timeout_s)

@@ -9,13 +9,13 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from alembic import command
 from server.config import Settings
 from server.db.engine import make_engine
 

@@ -56,6 +56,11 @@ messages = Table(
     Column("client_id", String(64), nullable=True),
     Column("reply_to", ID, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Assistant messages: what produced them (NULL where the backend did not say).
+    Column("model", String(200), nullable=True),
+    Column("prompt_tokens", Integer, nullable=True),
+    Column("completion_tokens", Integer, nullable=True),
+    Column("first_token_ms", Integer, nullable=True),
     UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),
     # The idempotency key is unique per user in the database, not only in the server's memory.
     UniqueConstraint("user_id", "client_id", name="uq_messages_user_client_id"),

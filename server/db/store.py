@@ -49,6 +49,10 @@ class Message:
     client_id: str | None
     reply_to: str | None
     created_at: datetime
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    first_token_ms: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -61,7 +65,20 @@ class Message:
         }
         if self.role == "assistant":
             out["reply_to"] = self.reply_to
+            out["model"] = self.model
+            out["usage"] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+            out["first_token_ms"] = self.first_token_ms
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyMeta:
+    """What is stored about how an assistant reply was produced."""
+
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    first_token_ms: int | None = None
 
 
 MESSAGE_COLUMNS = (
@@ -74,6 +91,10 @@ MESSAGE_COLUMNS = (
     messages.c.client_id,
     messages.c.reply_to,
     messages.c.created_at,
+    messages.c.model,
+    messages.c.prompt_tokens,
+    messages.c.completion_tokens,
+    messages.c.first_token_ms,
 )
 
 
@@ -128,12 +149,16 @@ class Store:
     # -- messages -------------------------------------------------------------------------------
     async def add_message(self, *, message_id: str, conversation_id: str, user_id: str, seq: int, role: str,
                           content: str, status: str, client_id: str | None, reply_to: str | None,
-                          now: datetime) -> Message:
+                          now: datetime, stats: ReplyMeta | None = None) -> Message:
+        meta = stats or ReplyMeta()
         await self.conn.execute(
             insert(messages).values(id=message_id, conversation_id=conversation_id, user_id=user_id, seq=seq,
                                     role=role, content=content, status=status, client_id=client_id,
-                                    reply_to=reply_to, created_at=now))
-        return Message(message_id, conversation_id, seq, role, content, status, client_id, reply_to, now)
+                                    reply_to=reply_to, created_at=now, model=meta.model,
+                                    prompt_tokens=meta.prompt_tokens, completion_tokens=meta.completion_tokens,
+                                    first_token_ms=meta.first_token_ms))
+        return Message(message_id, conversation_id, seq, role, content, status, client_id, reply_to, now,
+                       meta.model, meta.prompt_tokens, meta.completion_tokens, meta.first_token_ms)
 
     async def by_client_id(self, user_id: str, client_id: str) -> Message | None:
         result = await self.conn.execute(

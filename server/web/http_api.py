@@ -94,8 +94,8 @@ async def readyz(svc: Svc) -> JSONResponse:
     except DatabaseUnavailable as e:
         checks["database"] = f"unavailable: {e}"[:300]
     if not await svc.backend.ready():
-        checks["backend"] = "unavailable"
-    ok = checks["database"] == "ok"  # a model backend that is down leaves the server up: turns end in error
+        checks["backend"] = "unreachable"  # the server stays up: turns end in `error` until it is back
+    ok = checks["database"] == "ok" and checks["backend"] == "ok"
     return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
 
 

@@ -1,6 +1,6 @@
 """Model backends: anything that turns a conversation into an async stream of text pieces."""
 
-from server.chat.backends.base import Backend, ChatTurn, ContextMessage
+from server.chat.backends.base import Backend, BackendError, ChatTurn, ContextMessage, ReplyStats
 from server.config import Settings
 
 
@@ -9,7 +9,9 @@ def make_backend(settings: Settings) -> Backend:
         from server.chat.backends.echo import EchoBackend
 
         return EchoBackend(delay_s=settings.echo_delay_ms / 1000)
-    raise ValueError(f"CHAT_LLM={settings.llm!r} is not available in this build (known: echo)")
+    from server.chat.backends.openai import OpenAIBackend
+
+    return OpenAIBackend(settings)
 
 
-__all__ = ["Backend", "ChatTurn", "ContextMessage", "make_backend"]
+__all__ = ["Backend", "BackendError", "ChatTurn", "ContextMessage", "ReplyStats", "make_backend"]

@@ -14,6 +14,15 @@ class ContextMessage:
     status: str  # an assistant message may be cancelled, error or interrupted
 
 
+@dataclass(slots=True)
+class ReplyStats:
+    """What a backend reports about the reply it streamed; stored with the reply."""
+
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ChatTurn:
     """What a backend gets: the user's message and, if it asked for it, what came before."""
@@ -21,6 +30,11 @@ class ChatTurn:
     conversation_id: str
     user_message: str
     context: list[ContextMessage] = field(default_factory=list)  # oldest first, without user_message
+    stats: ReplyStats = field(default_factory=ReplyStats)
+
+
+class BackendError(Exception):
+    """A failure with a sentence a person can act on (never holding a secret)."""
 
 
 class Backend(Protocol):

@@ -23,6 +23,7 @@ class EchoBackend:
         return f"You said: {message}"
 
     async def stream(self, turn: ChatTurn) -> AsyncIterator[str]:
+        turn.stats.model = self.name
         for piece in _WORD.findall(self.reply_to(turn.user_message)):
             # A pause before each delta looks like typing; with no pause, still yield to the loop
             # so a cancel is seen between deltas.

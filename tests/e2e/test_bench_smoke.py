@@ -1,0 +1,28 @@
+"""The load generator runs against a real server (a smoke run so bench/ cannot rot; no timing asserted)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+LOADGEN = Path(__file__).resolve().parents[2] / "bench" / "loadgen.py"
+
+
+def run_loadgen(*args: str) -> dict:
+    out = subprocess.run([sys.executable, str(LOADGEN), "--json", *args], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out.stdout)
+
+
+def test_load_mode_completes_every_turn(server):
+    result = run_loadgen("--url", server.ws_url, "--sockets", "5", "--turns", "3", "--words", "8",
+                         "--pid", str(server.pid))
+    assert result["failures"] == 0 and result["turns"] == 15, result
+    assert result["turns_per_s"] > 0 and result["cpu_ms_per_turn"] is not None
+
+
+def test_idle_mode_reports_rss_per_socket(server):
+    result = run_loadgen("--idle", "20", "--url", server.ws_url, "--pid", str(server.pid))
+    assert result["failures"] == 0 and result["open"] == 20, result
+    assert result["rss_kib_per_socket"] is not None

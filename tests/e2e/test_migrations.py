@@ -1,0 +1,221 @@
+"""The Alembic migrations on real databases: they build exactly the schema of server/db/schema.py,
+re-running them changes nothing, they go down to base and up again, and the constraints the server
+relies on (the per-user idempotency key above all) are enforced by the database itself."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+from support.client import aio
+
+from alembic import command
+from server.config import Settings
+from server.db.engine import make_engine
+from server.db.migrate import alembic_config, head_revision, upgrade_to_head
+from server.db.schema import metadata
+
+TABLES = {"conversations", "messages", "server_secrets"}
+
+
+async def on_db(url: str, fn: Callable[[Connection], Any]) -> Any:
+    """fn(sync connection) in one transaction of a fresh unpooled engine; committed if it returns."""
+    engine = make_engine(Settings(database_url=url), pooled=False)
+    try:
+        async with engine.begin() as conn:
+            return await conn.run_sync(fn)
+    finally:
+        await engine.dispose()
+
+
+async def sql(url: str, statement: str, **params: Any) -> list[tuple[Any, ...]] | None:
+    """One statement in its own transaction; the rows of a SELECT."""
+
+    def run(conn: Connection) -> list[tuple[Any, ...]] | None:
+        result = conn.execute(text(statement), params)
+        return [tuple(r) for r in result] if result.returns_rows else None
+
+    return await on_db(url, run)
+
+
+async def upgrade(url: str) -> None:
+    await upgrade_to_head(Settings(database_url=url))
+
+
+def schema_diff(conn: Connection) -> list[Any]:
+    ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+    return compare_metadata(ctx, metadata)
+
+
+def revision(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def tables(conn: Connection) -> set[str]:
+    return set(inspect(conn).get_table_names()) - {"alembic_version"}
+
+
+def alembic(action: str, target: str) -> Callable[[Connection], None]:
+    def run(conn: Connection) -> None:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = conn  # as server.db.migrate does: env.py uses this connection
+        getattr(command, action)(cfg, target)
+
+    return run
+
+
+async def add_conversation(url: str, user_id: str = "u-1") -> str:
+    conversation_id = str(uuid.uuid4())
+    await sql(url, "INSERT INTO conversations (id, user_id, title, created_at, updated_at, last_seq) "
+                   "VALUES (:id, :user_id, 't', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 0)",
+              id=conversation_id, user_id=user_id)
+    return conversation_id
+
+
+async def add_message(url: str, conversation_id: str, seq: int, *, user_id: str = "u-1",
+                      client_id: str | None = None, role: str = "user", status: str = "complete") -> str:
+    message_id = str(uuid.uuid4())
+    await sql(url, "INSERT INTO messages (id, conversation_id, user_id, seq, role, content, status, client_id, "
+                   "reply_to, created_at) VALUES (:id, :conversation_id, :user_id, :seq, :role, 'hi', :status, "
+                   ":client_id, NULL, CURRENT_TIMESTAMP)",
+              id=message_id, conversation_id=conversation_id, user_id=user_id, seq=seq, role=role,
+              status=status, client_id=client_id)
+    return message_id
+
+
+@pytest.fixture
+def url(db: str, databases) -> str:  # type: ignore[no-untyped-def]
+    """A fresh, empty database of the kind under test."""
+    return databases.url(db)
+
+
+@pytest.fixture
+def migrated(url: str) -> str:
+    asyncio.run(upgrade(url))
+    return url
+
+
+# -- the models and the migrations agree ---------------------------------------------------------------
+@aio
+async def test_migrated_schema_matches_the_models(migrated):
+    assert await on_db(migrated, schema_diff) == []
+    assert await on_db(migrated, revision) == head_revision() is not None
+    assert await on_db(migrated, tables) == TABLES
+
+
+@aio
+async def test_comparison_sees_a_missing_schema(url):
+    # Guards the check above: on an empty database the same comparison reports every table.
+    diff = await on_db(url, schema_diff)
+    assert {d[1].name for d in diff if d[0] == "add_table"} == TABLES
+
+
+# -- idempotent, reversible ----------------------------------------------------------------------------
+@aio
+async def test_upgrade_again_is_a_no_op_that_keeps_data(migrated):
+    conversation_id = await add_conversation(migrated)
+    message_id = await add_message(migrated, conversation_id, 1, client_id="k1")
+    await upgrade(migrated)
+    await upgrade(migrated)
+    assert await on_db(migrated, revision) == head_revision()
+    assert await on_db(migrated, schema_diff) == []
+    rows = await sql(migrated, "SELECT id, client_id FROM messages")
+    assert rows == [(message_id, "k1")]
+
+
+@aio
+async def test_downgrade_to_base_then_upgrade_to_head(migrated):
+    await add_conversation(migrated)
+    await on_db(migrated, alembic("downgrade", "base"))
+    assert await on_db(migrated, revision) is None
+    assert await on_db(migrated, tables) == set()
+
+    await on_db(migrated, alembic("upgrade", "head"))
+    assert await on_db(migrated, revision) == head_revision()
+    assert await on_db(migrated, tables) == TABLES
+    assert await on_db(migrated, schema_diff) == []
+    assert await sql(migrated, "SELECT id FROM conversations") == []
+
+
+def test_concurrent_upgrades_of_a_fresh_database_both_succeed(url):
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(upgrade(url))
+        except BaseException as e:  # reported below, with the other thread's outcome
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert asyncio.run(on_db(url, revision)) == head_revision()
+    assert asyncio.run(on_db(url, schema_diff)) == []
+
+
+# -- constraints enforced by the database ---------------------------------------------------------------
+@aio
+async def test_client_id_is_unique_per_user_in_the_database(migrated):
+    conversation_id = await add_conversation(migrated)
+    await add_message(migrated, conversation_id, 1, client_id="dup")
+    with pytest.raises(IntegrityError):
+        await add_message(migrated, conversation_id, 2, client_id="dup")
+    # The same key in another conversation of the same user is the same idempotency key.
+    other = await add_conversation(migrated)
+    with pytest.raises(IntegrityError):
+        await add_message(migrated, other, 1, client_id="dup")
+    rows = await sql(migrated, "SELECT seq FROM messages WHERE client_id = 'dup'")
+    assert [r[0] for r in rows] == [1]
+
+
+@aio
+async def test_null_client_ids_and_other_users_keys_do_not_collide(migrated):
+    conversation_id = await add_conversation(migrated)
+    await add_message(migrated, conversation_id, 1, client_id=None)
+    await add_message(migrated, conversation_id, 2, client_id=None, role="assistant")
+    await add_message(migrated, conversation_id, 3, client_id="k")
+    theirs = await add_conversation(migrated, user_id="u-2")
+    await add_message(migrated, theirs, 1, user_id="u-2", client_id="k")
+    rows = await sql(migrated, "SELECT user_id, client_id FROM messages ORDER BY user_id, seq")
+    assert rows == [("u-1", None), ("u-1", None), ("u-1", "k"), ("u-2", "k")]
+
+
+@aio
+async def test_seq_is_unique_per_conversation(migrated):
+    conversation_id = await add_conversation(migrated)
+    await add_message(migrated, conversation_id, 1)
+    with pytest.raises(IntegrityError):
+        await add_message(migrated, conversation_id, 1)
+    await add_message(migrated, await add_conversation(migrated), 1)
+
+
+@pytest.mark.parametrize("column, value", [("role", "system"), ("status", "streaming")])
+@aio
+async def test_role_and_status_are_checked(migrated, column, value):
+    conversation_id = await add_conversation(migrated)
+    with pytest.raises(IntegrityError):
+        await add_message(migrated, conversation_id, 1, **{column: value})
+    await add_message(migrated, conversation_id, 1, role="assistant", status="interrupted")
+
+
+@aio
+async def test_messages_need_their_conversation_and_go_with_it(migrated):
+    with pytest.raises(IntegrityError):
+        await add_message(migrated, str(uuid.uuid4()), 1)
+    conversation_id = await add_conversation(migrated)
+    await add_message(migrated, conversation_id, 1)
+    await sql(migrated, "DELETE FROM conversations WHERE id = :id", id=conversation_id)
+    assert await sql(migrated, "SELECT id FROM messages") == []
