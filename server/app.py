@@ -7,11 +7,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 
 from server import __version__
 from server.chat.services import Services
 from server.config import Settings
 from server.web.http_api import router
+from server.web.static import STATIC_DIR
 from server.web.ws_endpoint import handle_socket
 
 
@@ -33,6 +36,10 @@ class ChatApp:
 
         self.http = FastAPI(title="chat-server", version=__version__, lifespan=lifespan)
         self.http.include_router(router)
+        self.http.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+        # Pages on the allowed origins (an embedded widget) may call the HTTP API; no one else.
+        self.http.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins,
+                                 allow_methods=["GET", "DELETE"], allow_headers=["Authorization"], max_age=600)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "websocket":

@@ -26,7 +26,8 @@ class Identity:
     minted_token: str | None = None  # set when the server created this user just now
 
     def expired(self, now: float | None = None) -> bool:
-        return self.expires_at is not None and (now or time.time()) > self.expires_at + LEEWAY_S
+        now = time.time() if now is None else now
+        return self.expires_at is not None and now > self.expires_at + LEEWAY_S
 
 
 class AuthError(Exception):

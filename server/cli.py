@@ -26,7 +26,42 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
     sub.add_parser("serve", help="migrate the database, then serve (the default)")
     sub.add_parser("migrate", help="bring the database schema up to date, then exit")
+    tok = sub.add_parser("token", help="print a token for a user, e.g. to test with wscat")
+    tok.add_argument("--user", required=True, help="the user id (the token's sub)")
+    tok.add_argument("--ttl", type=duration, default=86400.0,
+                     help="lifetime: seconds, or with a unit (30m, 12h, 7d); 0 for none (default 1d)")
     return p
+
+
+def duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 3600, 30m, 12h, 7d)") from None
+
+
+async def mint_token(settings: Settings, user_id: str, ttl_s: float) -> str:
+    """Signed with CHAT_AUTH_SECRET, or in open mode with the secret kept in the database."""
+    from server.auth import Authenticator
+    from server.chat.services import open_mode_secret
+    from server.db.engine import make_engine
+    from server.db.migrate import upgrade_to_head
+    from server.db.uow import Database
+
+    if settings.token_mode:
+        assert settings.auth_secret is not None
+        secret = settings.auth_secret.get_secret_value()
+    else:
+        await upgrade_to_head(settings)
+        db = Database(make_engine(settings, pooled=False))
+        try:
+            secret = await open_mode_secret(db)
+        finally:
+            await db.dispose()
+    return Authenticator(secret, settings.token_mode).mint(user_id, ttl_s or None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,6 +72,9 @@ def main(argv: list[str] | None = None) -> None:
         from server.db.migrate import migrate
 
         migrate(settings)
+        return
+    if args.command == "token":
+        print(asyncio.run(mint_token(settings, args.user, args.ttl)))
         return
     from server.serve import serve
 

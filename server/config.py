@@ -10,6 +10,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/chat.db"
+MIN_SECRET_CHARS = 32
 
 
 class Settings(BaseSettings):
@@ -27,6 +28,12 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = []
 
     max_message_chars: int = Field(default=32_000, ge=1)
+    # Abuse limits (per user unless said otherwise).
+    rate_limit_per_minute: int = Field(default=60, ge=1)  # messages; the contract promises at least 30
+    flood_close_after: int = Field(default=20, ge=1)  # rate-limited messages on one socket, then close 1008
+    max_sockets_per_user: int = Field(default=10, ge=1)  # past it: close 1013
+    max_frames_per_second: float = Field(default=50.0, gt=0)  # per socket, any frame; sustained excess: 1008
+    ws_per_message_deflate: bool = True
     max_waiting: int = Field(default=8, ge=0)
     send_timeout_s: float = Field(default=10.0, gt=0)
     ws_ping_interval_s: float = Field(default=20.0, ge=0)
@@ -54,6 +61,15 @@ class Settings(BaseSettings):
     def _split_origins(cls, v: object) -> object:
         if isinstance(v, str):
             return [o.strip().rstrip("/") for o in v.split(",") if o.strip()]
+        return v
+
+    @field_validator("auth_secret")
+    @classmethod
+    def _strong_secret(cls, v: SecretStr | None) -> SecretStr | None:
+        # HS256 with a short or placeholder key can be brute-forced offline from one token.
+        if v is not None and v.get_secret_value() and len(v.get_secret_value()) < MIN_SECRET_CHARS:
+            raise ValueError(f"CHAT_AUTH_SECRET must be at least {MIN_SECRET_CHARS} characters "
+                             "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))')")
         return v
 
     @field_validator("database_url")

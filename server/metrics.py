@@ -6,8 +6,11 @@ SOCKETS_OPEN = Gauge("chat_sockets_open", "WebSocket connections currently open"
 REPLIES_IN_FLIGHT = Gauge("chat_replies_in_flight", "Assistant replies being generated now")
 TURNS = Counter("chat_turns_total", "Turns by final status of the reply", ["status"])
 MESSAGES_REFUSED = Counter("chat_messages_refused_total", "Client frames answered with an error", ["code"])
-DB_COMMITS = Counter("chat_db_commits_total", "Committed units of work")
+DB_COMMITS = Counter("chat_db_commits_total", "Units of work committed")
 DB_COMMIT_FAILURES = Counter("chat_db_commit_failures_total", "Units of work whose commit failed")
+DB_UNITS_PER_COMMIT = Histogram(
+    "chat_db_units_per_commit", "Units of work sharing one SQLite commit (group commit)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 DB_COMMIT_SECONDS = Histogram(
     "chat_db_commit_seconds", "Time for COMMIT to return",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))

@@ -52,6 +52,7 @@ def uvicorn_config(app: ChatApp, settings: Settings, host: str, port: int) -> uv
         log_config=None,  # ours, set up in cli
         access_log=False,
         ws_max_size=settings.max_frame_bytes,  # bigger frames close with 1009; also caps inflated size
+        ws_per_message_deflate=settings.ws_per_message_deflate,
         ws_ping_interval=settings.ws_ping_interval_s or None,
         ws_ping_timeout=settings.ws_ping_interval_s or None,
         timeout_graceful_shutdown=3,

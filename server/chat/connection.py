@@ -16,6 +16,7 @@ from typing import Any
 from server import PROTOCOL, metrics
 from server.auth import Identity
 from server.chat.backends import ChatTurn, ContextMessage
+from server.chat.limits import TokenBucket
 from server.chat.replies import Draft, stream_reply
 from server.chat.services import Services
 from server.chat.turns import (
@@ -25,7 +26,7 @@ from server.chat.turns import (
     accept_message,
     store_reply,
 )
-from server.db.store import Message, new_id
+from server.db.store import InvalidBefore, Message, NotFound, new_id
 from server.db.uow import DatabaseUnavailable
 from server.protocol import frames
 from server.protocol.codes import CloseCode, ErrorCode
@@ -50,6 +51,12 @@ class ChatConnection:
         self.closing = False
         self.gone = asyncio.Event()  # set once the socket is going away (disconnect or shutdown)
         self.worker: asyncio.Task[None] | None = None
+        rate = services.settings.max_frames_per_second
+        self.frames = TokenBucket(rate, 2 * rate)
+        # Refusals for the user's message rate; running out of these (more than flood_close_after
+        # a minute, sustained) means the client ignores rate_limited: it is closed.
+        strikes = services.settings.flood_close_after
+        self.strikes = TokenBucket(strikes / 60, strikes)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def serve(self, requested_conversation: str | None) -> None:
@@ -98,8 +105,7 @@ class ChatConnection:
         if requested is None:
             return None
         try:
-            async with self.svc.db.reader() as uow:
-                owned = await uow.store.owns_conversation(requested, self.user_id)
+            owned = await self.svc.db.read(lambda store: store.owns_conversation(requested, self.user_id))
         except DatabaseUnavailable:
             return frames.error(ErrorCode.UNAVAILABLE, "the database is unavailable; try again")
         if owned:
@@ -115,6 +121,11 @@ class ChatConnection:
             if self.identity.expired():
                 await self.sock.close(CloseCode.POLICY, "token expired")
                 return
+            if not self.frames.take():
+                log.warning("closing a flooding socket (user %s): over %g frames/s", self.user_id,
+                            self.svc.settings.max_frames_per_second)
+                await self.sock.close(CloseCode.POLICY, "flooding")
+                return
             if incoming.text is None:
                 await self._refuse(FrameError(ErrorCode.INVALID, "binary frames are not accepted; send text"))
                 continue
@@ -124,6 +135,8 @@ class ChatConnection:
                 await self._refuse(e)
                 continue
             if isinstance(frame, MessageFrame):
+                if not await self._within_rate(frame):
+                    return
                 await self._enqueue(frame)
             elif isinstance(frame, CancelFrame):
                 if self.turn is not None:
@@ -134,6 +147,19 @@ class ChatConnection:
     async def _refuse(self, e: FrameError) -> None:
         metrics.MESSAGES_REFUSED.labels(e.code.value).inc()
         await self.sock.send(frames.error(e.code, e.detail, e.client_id))
+
+    async def _within_rate(self, frame: MessageFrame) -> bool:
+        """Refuse a message over the user's rate; False when the socket was closed for flooding."""
+        if self.svc.limits.allow_message(self.user_id):
+            return True
+        if not self.strikes.take():
+            log.warning("closing a flooding socket (user %s): rate limit ignored", self.user_id)
+            await self.sock.close(CloseCode.POLICY, "flooding")
+            return False
+        limit = self.svc.settings.rate_limit_per_minute
+        await self._refuse(FrameError(ErrorCode.RATE_LIMITED, f"more than {limit} messages a minute; "
+                                      "wait, then send it again", frame.client_id))
+        return True
 
     async def _enqueue(self, frame: MessageFrame) -> None:
         # Up to max_waiting wait behind the turn in progress (which may not have been taken yet).
@@ -148,15 +174,12 @@ class ChatConnection:
 
     async def _history(self, frame: HistoryFrame) -> dict[str, Any]:
         try:
-            async with self.svc.db.reader() as uow:
-                if not await uow.store.owns_conversation(frame.conversation_id, self.user_id):
-                    return frames.error(ErrorCode.NOT_FOUND, "no such conversation")
-                before_seq = None
-                if frame.before is not None:
-                    before_seq = await uow.store.seq_of(frame.before, frame.conversation_id)
-                    if before_seq is None:
-                        return frames.error(ErrorCode.INVALID, "before is not a message of this conversation")
-                page, has_more = await uow.store.page(frame.conversation_id, before_seq, frame.limit)
+            page, has_more = await self.svc.db.read(
+                lambda store: store.history(frame.conversation_id, self.user_id, frame.before, frame.limit))
+        except NotFound:
+            return frames.error(ErrorCode.NOT_FOUND, "no such conversation")
+        except InvalidBefore:
+            return frames.error(ErrorCode.INVALID, "before is not a message of this conversation")
         except DatabaseUnavailable:
             return frames.error(ErrorCode.UNAVAILABLE, "the database is unavailable; try again")
         return {"type": "history", "conversation_id": frame.conversation_id,
@@ -237,8 +260,7 @@ class ChatConnection:
     async def _send_stored_reply(self, message: Message) -> bool:
         """Answer a duplicate from its stored final reply; False when it needs a new one."""
         try:
-            async with self.svc.db.reader() as uow:
-                replies = await uow.store.replies_to(message.id)
+            replies = await self.svc.db.read(lambda store: store.replies_to(message.id))
         except DatabaseUnavailable:
             await self.sock.send(frames.error(ErrorCode.UNAVAILABLE, "the database is unavailable; send it again",
                                               message.client_id))
@@ -293,8 +315,7 @@ class ChatConnection:
         wanted = self.svc.backend.context_messages
         if not wanted:
             return []
-        async with self.svc.db.reader() as uow:
-            page, _ = await uow.store.page(message.conversation_id, message.seq, wanted)
+        page, _ = await self.svc.db.read(lambda store: store.page(message.conversation_id, message.seq, wanted))
         return [ContextMessage(m.role, m.content, m.status) for m in page]
 
     @staticmethod

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from server.config import Settings
-
-IMMEDIATE = "sqlite_begin_immediate"
 
 
 def make_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
@@ -30,12 +29,12 @@ def make_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
         kwargs["connect_args"] = {"timeout": settings.sqlite_busy_timeout_ms / 1000}
     engine = create_async_engine(settings.database_url, **kwargs)
     if settings.is_sqlite:
-        _configure_sqlite(engine, settings)
+        configure_sqlite(engine.sync_engine, settings, writer=False)
     return engine
 
 
-def _configure_sqlite(engine: AsyncEngine, settings: Settings) -> None:
-    sync_engine = engine.sync_engine
+def configure_sqlite(sync_engine: Engine, settings: Settings, writer: bool) -> None:
+    """Durability and locking for every SQLite connection; `writer`: its transactions write."""
 
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -51,6 +50,6 @@ def _configure_sqlite(engine: AsyncEngine, settings: Settings) -> None:
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
         # A write transaction takes the write lock at BEGIN: a deferred one that upgrades later
-        # can fail with SQLITE_BUSY without waiting, which busy_timeout cannot help.
-        immediate = conn.get_execution_options().get(IMMEDIATE, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        # can fail with SQLITE_BUSY without waiting (another process wrote first), which
+        # busy_timeout cannot help.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")

@@ -1,6 +1,8 @@
 """The repository: every statement the server runs, on a connection a unit of work owns.
 
-It never commits and never deletes or rewrites a message to store another one.
+Plain synchronous SQLAlchemy Core: the SQLite writer thread runs it directly, everything else
+through `AsyncConnection.run_sync` (see uow.py). It never commits, and never deletes or rewrites
+a message to store another one.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, literal_column, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import bindparam, delete, func, insert, literal_column, select, text, update
+from sqlalchemy.engine import Connection
 
 from server.db.schema import conversations, messages, server_secrets
 
@@ -98,39 +100,60 @@ MESSAGE_COLUMNS = (
 )
 
 
+# The statements of the turn path, built once: SQLAlchemy then reuses their cache key and
+# compiled form instead of building both again on every call (a third of a turn's CPU otherwise).
+_p = bindparam
+_INSERT_CONVERSATION = insert(conversations)
+_INSERT_MESSAGE = insert(messages)
+_NEXT_SEQ = (
+    update(conversations)
+    .where(conversations.c.id == _p("p_conversation"), conversations.c.user_id == _p("p_user"))
+    .values(last_seq=conversations.c.last_seq + 1, updated_at=_p("p_now"))
+    .returning(conversations.c.last_seq))
+_OWNS = select(literal_column("1")).where(conversations.c.id == _p("p_conversation"),
+                                          conversations.c.user_id == _p("p_user"))
+_BY_CLIENT_ID = select(*MESSAGE_COLUMNS).where(messages.c.user_id == _p("p_user"),
+                                               messages.c.client_id == _p("p_client"))
+_REPLIES_TO = select(*MESSAGE_COLUMNS).where(messages.c.reply_to == _p("p_message")).order_by(messages.c.seq)
+_SEQ_OF = select(messages.c.seq).where(messages.c.id == _p("p_message"),
+                                       messages.c.conversation_id == _p("p_conversation"))
+
+
+class NotFound(Exception):
+    """No such conversation for this user (someone else's looks the same)."""
+
+
+class InvalidBefore(Exception):
+    """`before` is not a message of that conversation."""
+
+
 class Store:
-    def __init__(self, conn: AsyncConnection):
+    def __init__(self, conn: Connection):
         self.conn = conn
 
-    async def ping(self) -> None:
-        await self.conn.execute(text("SELECT 1"))
+    def ping(self) -> None:
+        self.conn.execute(text("SELECT 1"))
 
     # -- conversations ------------------------------------------------------------------------
-    async def create_conversation(self, user_id: str, first_content: str, now: datetime) -> str:
+    def create_conversation(self, user_id: str, first_content: str, now: datetime) -> str:
         """A new conversation whose first message takes seq 1."""
         conversation_id = new_id()
-        await self.conn.execute(
-            insert(conversations).values(id=conversation_id, user_id=user_id, title=title_from(first_content),
-                                         created_at=now, updated_at=now, last_seq=1))
+        self.conn.execute(_INSERT_CONVERSATION, {
+            "id": conversation_id, "user_id": user_id, "title": title_from(first_content), "created_at": now,
+            "updated_at": now, "last_seq": 1})
         return conversation_id
 
-    async def next_seq(self, conversation_id: str, user_id: str, now: datetime) -> int | None:
+    def next_seq(self, conversation_id: str, user_id: str, now: datetime) -> int | None:
         """Reserve the conversation's next position; None when it is not this user's."""
-        result = await self.conn.execute(
-            update(conversations)
-            .where(conversations.c.id == conversation_id, conversations.c.user_id == user_id)
-            .values(last_seq=conversations.c.last_seq + 1, updated_at=now)
-            .returning(conversations.c.last_seq))
+        result = self.conn.execute(_NEXT_SEQ, {"p_conversation": conversation_id, "p_user": user_id, "p_now": now})
         return result.scalar()
 
-    async def owns_conversation(self, conversation_id: str, user_id: str) -> bool:
-        result = await self.conn.execute(
-            select(literal_column("1")).where(conversations.c.id == conversation_id,
-                                              conversations.c.user_id == user_id))
+    def owns_conversation(self, conversation_id: str, user_id: str) -> bool:
+        result = self.conn.execute(_OWNS, {"p_conversation": conversation_id, "p_user": user_id})
         return result.first() is not None
 
-    async def list_conversations(self, user_id: str, limit: int = 200) -> list[dict[str, Any]]:
-        result = await self.conn.execute(
+    def list_conversations(self, user_id: str, limit: int = 200) -> list[dict[str, Any]]:
+        result = self.conn.execute(
             select(conversations.c.id, conversations.c.title, conversations.c.created_at,
                    conversations.c.updated_at)
             .where(conversations.c.user_id == user_id)
@@ -139,64 +162,69 @@ class Store:
         return [{"id": r.id, "title": r.title, "created_at": iso(r.created_at), "updated_at": iso(r.updated_at)}
                 for r in result]
 
-    async def delete_conversation(self, conversation_id: str, user_id: str) -> bool:
-        if not await self.owns_conversation(conversation_id, user_id):
+    def delete_conversation(self, conversation_id: str, user_id: str) -> bool:
+        if not self.owns_conversation(conversation_id, user_id):
             return False
-        await self.conn.execute(delete(messages).where(messages.c.conversation_id == conversation_id))
-        await self.conn.execute(delete(conversations).where(conversations.c.id == conversation_id))
+        self.conn.execute(delete(messages).where(messages.c.conversation_id == conversation_id))
+        self.conn.execute(delete(conversations).where(conversations.c.id == conversation_id))
         return True
 
     # -- messages -------------------------------------------------------------------------------
-    async def add_message(self, *, message_id: str, conversation_id: str, user_id: str, seq: int, role: str,
+    def add_message(self, *, message_id: str, conversation_id: str, user_id: str, seq: int, role: str,
                           content: str, status: str, client_id: str | None, reply_to: str | None,
                           now: datetime, stats: ReplyMeta | None = None) -> Message:
         meta = stats or ReplyMeta()
-        await self.conn.execute(
-            insert(messages).values(id=message_id, conversation_id=conversation_id, user_id=user_id, seq=seq,
-                                    role=role, content=content, status=status, client_id=client_id,
-                                    reply_to=reply_to, created_at=now, model=meta.model,
-                                    prompt_tokens=meta.prompt_tokens, completion_tokens=meta.completion_tokens,
-                                    first_token_ms=meta.first_token_ms))
+        self.conn.execute(_INSERT_MESSAGE, {
+            "id": message_id, "conversation_id": conversation_id, "user_id": user_id, "seq": seq, "role": role,
+            "content": content, "status": status, "client_id": client_id, "reply_to": reply_to,
+            "created_at": now, "model": meta.model, "prompt_tokens": meta.prompt_tokens,
+            "completion_tokens": meta.completion_tokens, "first_token_ms": meta.first_token_ms})
         return Message(message_id, conversation_id, seq, role, content, status, client_id, reply_to, now,
                        meta.model, meta.prompt_tokens, meta.completion_tokens, meta.first_token_ms)
 
-    async def by_client_id(self, user_id: str, client_id: str) -> Message | None:
-        result = await self.conn.execute(
-            select(*MESSAGE_COLUMNS).where(messages.c.user_id == user_id, messages.c.client_id == client_id))
-        row = result.first()
+    def by_client_id(self, user_id: str, client_id: str) -> Message | None:
+        row = self.conn.execute(_BY_CLIENT_ID, {"p_user": user_id, "p_client": client_id}).first()
         return Message(*row) if row else None
 
-    async def replies_to(self, message_id: str) -> list[Message]:
-        result = await self.conn.execute(
-            select(*MESSAGE_COLUMNS).where(messages.c.reply_to == message_id).order_by(messages.c.seq))
-        return [Message(*row) for row in result]
+    def replies_to(self, message_id: str) -> list[Message]:
+        return [Message(*row) for row in self.conn.execute(_REPLIES_TO, {"p_message": message_id})]
 
-    async def seq_of(self, message_id: str, conversation_id: str) -> int | None:
-        result = await self.conn.execute(
-            select(messages.c.seq).where(messages.c.id == message_id, messages.c.conversation_id == conversation_id))
-        return result.scalar()
+    def seq_of(self, message_id: str, conversation_id: str) -> int | None:
+        return self.conn.execute(_SEQ_OF, {"p_message": message_id, "p_conversation": conversation_id}).scalar()
 
-    async def page(self, conversation_id: str, before_seq: int | None, limit: int) -> tuple[list[Message], bool]:
+    def page(self, conversation_id: str, before_seq: int | None, limit: int) -> tuple[list[Message], bool]:
         """The newest `limit` messages older than `before_seq`, oldest first, and whether more remain."""
         query = select(*MESSAGE_COLUMNS).where(messages.c.conversation_id == conversation_id)
         if before_seq is not None:
             query = query.where(messages.c.seq < before_seq)
-        result = await self.conn.execute(query.order_by(messages.c.seq.desc()).limit(limit + 1))
+        result = self.conn.execute(query.order_by(messages.c.seq.desc()).limit(limit + 1))
         rows = [Message(*row) for row in result]
         has_more = len(rows) > limit
         return list(reversed(rows[:limit])), has_more
 
-    async def recent(self, conversation_id: str, limit: int) -> list[Message]:
-        return (await self.page(conversation_id, None, limit))[0]
+    def history(self, conversation_id: str, user_id: str, before: str | None,
+                limit: int) -> tuple[list[Message], bool]:
+        """A page of the user's conversation, as the history frame and the HTTP API give it."""
+        if not self.owns_conversation(conversation_id, user_id):
+            raise NotFound(conversation_id)
+        before_seq = None
+        if before is not None:
+            before_seq = self.seq_of(before, conversation_id)
+            if before_seq is None:
+                raise InvalidBefore(before)
+        return self.page(conversation_id, before_seq, limit)
 
-    async def count_messages(self) -> int:
-        return (await self.conn.execute(select(func.count()).select_from(messages))).scalar_one()
+    def recent(self, conversation_id: str, limit: int) -> list[Message]:
+        return self.page(conversation_id, None, limit)[0]
+
+    def count_messages(self) -> int:
+        return (self.conn.execute(select(func.count()).select_from(messages))).scalar_one()
 
     # -- server secrets ---------------------------------------------------------------------------
-    async def get_or_create_secret(self, name: str, make: str) -> str:
+    def get_or_create_secret(self, name: str, make: str) -> str:
         """The stored secret `name`; `make` is stored first if there is none (first writer wins)."""
-        found = (await self.conn.execute(select(server_secrets.c.value).where(server_secrets.c.name == name))).scalar()
+        found = (self.conn.execute(select(server_secrets.c.value).where(server_secrets.c.name == name))).scalar()
         if found is not None:
             return found
-        await self.conn.execute(insert(server_secrets).values(name=name, value=make, created_at=utcnow()))
+        self.conn.execute(insert(server_secrets).values(name=name, value=make, created_at=utcnow()))
         return make

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Final
@@ -53,7 +54,7 @@ def parse(raw: str, max_chars: int) -> ClientFrame:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
-        raise FrameError(ErrorCode.INVALID, f"frame is not valid JSON: {e}") from None
+        obj = _loads_strictly_valid(raw, e)
     if not isinstance(obj, dict):
         raise FrameError(ErrorCode.INVALID, "a frame starting with '{' must be a JSON object")
     kind = obj.get("type")
@@ -66,6 +67,15 @@ def parse(raw: str, max_chars: int) -> ClientFrame:
     if kind == "history":
         return _history(obj)
     raise FrameError(ErrorCode.INVALID, f"unknown frame type {kind[:40]!r}; expected message, cancel or history")
+
+
+def _loads_strictly_valid(raw: str, orjson_error: Exception) -> Any:
+    """orjson refuses some valid JSON (a lone surrogate escape, "\\ud800"); the standard parser
+    takes it, so the frame gets the precise answer (invalid content, its client_id repeated)."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise FrameError(ErrorCode.INVALID, f"frame is not valid JSON: {orjson_error}") from None
 
 
 def _message(obj: dict[str, Any], max_chars: int) -> MessageFrame:

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.auth import AuthError, Identity, bearer_token
 from server.chat.services import Services
+from server.db.store import InvalidBefore, NotFound
 from server.db.uow import DatabaseUnavailable
 from server.protocol.frames import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT
 from server.web.static import STATIC_DIR
@@ -43,8 +44,7 @@ def unavailable() -> HTTPException:
 @router.get("/api/conversations")
 async def list_conversations(svc: Svc, user: User) -> dict[str, Any]:
     try:
-        async with svc.db.reader() as uow:
-            return {"items": await uow.store.list_conversations(user.user_id)}
+        return {"items": await svc.db.read(lambda store: store.list_conversations(user.user_id))}
     except DatabaseUnavailable:
         raise unavailable() from None
 
@@ -54,15 +54,11 @@ async def list_messages(conversation_id: str, svc: Svc, user: User, before: str 
                         limit: Annotated[int, Query(ge=1, le=MAX_HISTORY_LIMIT)] = DEFAULT_HISTORY_LIMIT,
                         ) -> dict[str, Any]:
     try:
-        async with svc.db.reader() as uow:
-            if not await uow.store.owns_conversation(conversation_id, user.user_id):
-                raise HTTPException(404, NOT_FOUND)
-            before_seq = None
-            if before is not None:
-                before_seq = await uow.store.seq_of(before, conversation_id)
-                if before_seq is None:
-                    raise HTTPException(400, "before is not a message of this conversation")
-            page, has_more = await uow.store.page(conversation_id, before_seq, limit)
+        page, has_more = await svc.db.read(lambda store: store.history(conversation_id, user.user_id, before, limit))
+    except NotFound:
+        raise HTTPException(404, NOT_FOUND) from None
+    except InvalidBefore:
+        raise HTTPException(400, "before is not a message of this conversation") from None
     except DatabaseUnavailable:
         raise unavailable() from None
     return {"conversation_id": conversation_id, "messages": [m.to_wire() for m in page], "has_more": has_more}
@@ -71,12 +67,11 @@ async def list_messages(conversation_id: str, svc: Svc, user: User, before: str 
 @router.delete("/api/conversations/{conversation_id}", status_code=204)
 async def delete_conversation(conversation_id: str, svc: Svc, user: User) -> Response:
     try:
-        async with svc.db.unit_of_work() as uow:
-            if not await uow.store.delete_conversation(conversation_id, user.user_id):
-                raise HTTPException(404, NOT_FOUND)
-            await uow.commit()
+        deleted = await svc.db.write(lambda store: store.delete_conversation(conversation_id, user.user_id))
     except DatabaseUnavailable:
         raise unavailable() from None
+    if not deleted:
+        raise HTTPException(404, NOT_FOUND)
     svc.hub.stop_conversation(conversation_id, "deleted")
     return Response(status_code=204)
 

@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 from server.auth import AuthError, bearer_token
 from server.chat.connection import ChatConnection
 from server.chat.services import Services
+from server.protocol.codes import CloseCode
 from server.web.socket import Scope, Socket
 
 log = logging.getLogger(__name__)
@@ -50,5 +51,12 @@ async def handle_socket(scope: Scope, receive, send, svc: Services) -> None:  # 
         log.info("refused a socket: %s", e)
         await sock.refuse()
         return
-    conversation_id = (query.get("conversation_id") or [None])[0] or None
-    await ChatConnection(sock, svc, identity).serve(conversation_id)
+    if not svc.limits.open_socket(identity.user_id):
+        await sock.accept()  # a close code needs an accepted socket; nothing else is sent
+        await sock.close(CloseCode.TRY_AGAIN_LATER, "too many sockets for this user")
+        return
+    try:
+        conversation_id = (query.get("conversation_id") or [None])[0] or None
+        await ChatConnection(sock, svc, identity).serve(conversation_id)
+    finally:
+        svc.limits.close_socket(identity.user_id)

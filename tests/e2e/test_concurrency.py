@@ -12,7 +12,7 @@ import asyncio
 from typing import Any
 
 import httpx
-from support.client import Client, Rest, Turn, aio, cid, words
+from support.client import Client, Rest, Turn, aio, cid, poll, words
 
 ECHO = "You said: "
 LONG_REPLY_WORDS = 60  # at 100 ms a delta: ~6 s of streaming, longer than the 5 s pool timeout
@@ -27,6 +27,11 @@ async def close_all(clients: list[Client]) -> None:
     await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
 
+async def send_at_once(clients: list[Client], contents: list[str]) -> None:
+    await asyncio.gather(*(c.message(text, client_id=cid())
+                           for c, text in zip(clients, contents, strict=True)))
+
+
 async def scrape(server) -> dict[str, float]:
     """One /metrics sample, so values read together describe the same instant."""
     async with httpx.AsyncClient(timeout=10) as http:
@@ -37,6 +42,11 @@ async def scrape(server) -> dict[str, float]:
             name, value = line.rsplit(" ", 1)
             samples[name] = float(value)
     return samples
+
+
+async def settles(server, name: str, value: float) -> bool:
+    """The gauge reaches `value` (a reply leaves the in-flight set just after its done is sent)."""
+    return await poll(lambda: server.metric(name), lambda v: v == value) == value
 
 
 def assert_log_clean(server) -> None:
@@ -81,13 +91,13 @@ async def thirty_long_replies(server) -> None:
     clients = await open_many(server, 30)
     try:
         contents = [f"socket {i} " + words(LONG_REPLY_WORDS - 2) for i in range(30)]
-        await asyncio.gather(*(c.message(text, client_id=cid()) for c, text in zip(clients, contents, strict=True)))
+        await send_at_once(clients, contents)
         turns = await asyncio.gather(*(c.collect(timeout=90) for c in clients))
         for turn, text in zip(turns, contents, strict=True):
             assert turn.error is None, turn.frames  # `unavailable` here: a socket held a connection
             assert_complete_echo(turn, text)
         assert server.metric("chat_turns_total", 'status="complete"') == 30
-        assert server.metric("chat_db_pool_checked_out") == 0
+        assert await settles(server, "chat_db_pool_checked_out", 0)
     finally:
         await close_all(clients)
 
@@ -102,22 +112,22 @@ async def twenty_replies_streaming(server) -> None:
     clients = await open_many(server, 20)
     try:
         contents = [f"socket {i} " + words(LONG_REPLY_WORDS - 2) for i in range(20)]
-        await asyncio.gather(*(c.message(text, client_id=cid()) for c, text in zip(clients, contents, strict=True)))
+        await send_at_once(clients, contents)
         heads = await asyncio.gather(*(c.collect(timeout=60, stop_after_deltas=1) for c in clients))
         for head in heads:
             assert head.done is None and len(head.deltas) == 1, head.frames
 
         for _ in range(5):
             sample = await scrape(server)
-            # Read together: while all 20 replies are in flight, none holds a connection.
-            assert sample["chat_replies_in_flight"] == 20, sample
-            assert sample["chat_db_pool_checked_out"] == 0, sample
+            # From one scrape: all 20 replies are in flight at that instant and none holds a connection.
+            seen = (sample.get("chat_replies_in_flight"), sample.get("chat_db_pool_checked_out"))
+            assert seen == (20, 0), f"(replies in flight, connections checked out) = {seen}"
             await asyncio.sleep(0.1)
 
         tails = await asyncio.gather(*(c.collect(timeout=60) for c in clients))
         for head, tail, text in zip(heads, tails, contents, strict=True):
             assert_complete_echo(Turn(head.frames + tail.frames), text)
-        assert server.metric("chat_replies_in_flight") == 0
+        assert await settles(server, "chat_replies_in_flight", 0)
     finally:
         await close_all(clients)
 
@@ -147,9 +157,10 @@ async def fifty_sockets_ten_turns(server) -> None:
 
     all_ids: list[str] = []
     for c, sent in zip(clients, results, strict=True):
-        items = Rest(server, c.token).conversations()
+        rest = Rest(server, c.token)
+        items = rest.conversations()
         assert len(items) == 1, items
-        stored = Rest(server, c.token).all_messages(items[0]["id"])
+        stored = rest.all_messages(items[0]["id"])
         assert len(stored) == 20, stored
         assert [m["role"] for m in stored] == ["user", "assistant"] * 10
         users, replies = stored[0::2], stored[1::2]

@@ -12,8 +12,8 @@ import signal
 from typing import Any
 
 import httpx
-from support.client import Client, Rest, aio, cid, poll, words
-from support.servers import pg_execute
+from support.client import Client, Rest, cid, poll, words
+from support.servers import ServerProcess, pg_execute
 from websockets.exceptions import ConnectionClosed
 
 ECHO = "You said: "
@@ -43,7 +43,7 @@ def rows(messages: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     return [(m["role"], m["content"], m["status"]) for m in messages]
 
 
-def readyz(server: Any) -> int:
+def readyz(server: ServerProcess) -> int:
     try:
         return httpx.get(server.base_url + "/readyz", timeout=10).status_code
     except httpx.HTTPError:
@@ -64,9 +64,12 @@ def check_fresh_reply(turn_frames: list[dict[str, Any]], ack: dict[str, Any], co
 
 
 # -- kill -9 ---------------------------------------------------------------------------------------
-@aio
-async def test_acked_message_survives_kill_9_and_its_resend_gets_a_fresh_reply(db, make_server):
+def test_acked_message_survives_kill_9_and_its_resend_gets_a_fresh_reply(db, make_server):
     server = make_server(db, CHAT_ECHO_DELAY_MS=200)
+    asyncio.run(kill_after_ack(server))
+
+
+async def kill_after_ack(server: ServerProcess) -> None:
     c = await Client.open(server)
     token, user_id = c.token, c.user_id
     content, k = "remember this exactly: ünïcode, spaces  and all", cid()
@@ -96,9 +99,12 @@ async def test_acked_message_survives_kill_9_and_its_resend_gets_a_fresh_reply(d
         await c2.close()
 
 
-@aio
-async def test_every_acked_message_survives_repeated_kills_at_different_moments(db, make_server):
+def test_every_acked_message_survives_repeated_kills_at_different_moments(db, make_server):
     server = make_server(db, CHAT_ECHO_DELAY_MS=200)
+    asyncio.run(repeated_kills(server))
+
+
+async def repeated_kills(server: ServerProcess) -> None:
     first = await Client.open(server)
     token = first.token
     await first.close()
@@ -142,9 +148,12 @@ async def test_every_acked_message_survives_repeated_kills_at_different_moments(
 
 
 # -- SIGTERM ---------------------------------------------------------------------------------------
-@aio
-async def test_sigterm_mid_reply_stores_replies_interrupted_and_closes_1001(db, make_server):
+def test_sigterm_mid_reply_stores_replies_interrupted_and_closes_1001(db, make_server):
     server = make_server(db, CHAT_ECHO_DELAY_MS=200)
+    asyncio.run(sigterm_mid_reply(server))
+
+
+async def sigterm_mid_reply(server: ServerProcess) -> None:
     clients = [await Client.open(server) for _ in range(3)]
     contents = [f"long message {i} " + words(30, tag=f"s{i}-") for i in range(3)]
     turns = []
@@ -177,9 +186,12 @@ async def test_sigterm_mid_reply_stores_replies_interrupted_and_closes_1001(db, 
         assert reply["content"].startswith(got), (reply["content"], got)
 
 
-@aio
-async def test_sigterm_with_idle_sockets_closes_them_1001_and_exits(db, make_server):
+def test_sigterm_with_idle_sockets_closes_them_1001_and_exits(db, make_server):
     server = make_server(db)
+    asyncio.run(sigterm_idle(server))
+
+
+async def sigterm_idle(server: ServerProcess) -> None:
     busy_before, fresh = await Client.open(server), await Client.open(server)
     await busy_before.complete("a finished turn")
     server.signal(signal.SIGTERM)
@@ -189,13 +201,16 @@ async def test_sigterm_with_idle_sockets_closes_them_1001_and_exits(db, make_ser
 
 
 # -- the database fails after the ack -----------------------------------------------------------------
-@aio
-async def test_database_outage_after_ack_ends_turn_unavailable_and_resend_completes_it(make_server):
+def test_database_outage_after_ack_ends_turn_unavailable_and_resend_completes_it(make_server):
     server = make_server("postgres", CHAT_ECHO_DELAY_MS=100)
+    asyncio.run(outage_after_ack(server))
+
+
+async def outage_after_ack(server: ServerProcess) -> None:
     name = server.db_url.rsplit("/", 1)[1]
     c = await Client.open(server)
     try:
-        first, k1 = "before the outage " + words(30), cid("k1")
+        first, k1 = "before the outage " + words(20), cid("k1")
         refused, k2 = "during the outage", cid("k2")
         await c.message(first, client_id=k1)
         ack1 = await c.expect("ack")
@@ -229,9 +244,12 @@ async def test_database_outage_after_ack_ends_turn_unavailable_and_resend_comple
 
 
 # -- identity across restarts ------------------------------------------------------------------------
-@aio
-async def test_open_mode_token_still_works_after_a_restart(db, make_server):
+def test_open_mode_token_still_works_after_a_restart(db, make_server):
     server = make_server(db)
+    asyncio.run(token_after_restart(server))
+
+
+async def token_after_restart(server: ServerProcess) -> None:
     c = await Client.open(server)
     token, user_id = c.token, c.user_id
     convs = [(await c.complete(f"conversation {i}", conversation_id=None)).ack["conversation_id"] for i in range(2)]

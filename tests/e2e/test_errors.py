@@ -89,7 +89,6 @@ NOT_A_FRAME = {
     "history before is a number": '{"type":"history","conversation_id":"x","before":5}',
     "deeply nested array in content": message_frame('"content":' + "[" * DEEP + "]" * DEEP),
     "deeply nested objects": '{"a":' * 5000 + "1" + "}" * 5000,
-    "deeply nested after type": '{"type":"message","content":"hi","x":' + "[" * DEEP + "]" * DEEP + "}",
 }
 
 
@@ -102,6 +101,28 @@ async def test_bad_frame_gets_invalid_and_stores_nothing(server, frame):
         err = await c.expect_error("invalid")
         assert err.get("client_id") is None, err
         await good_turn_is_all_that_is_stored(c, server)
+    finally:
+        await c.close()
+
+
+@aio
+async def test_deeply_nested_extra_field_leaves_the_socket_working(server):
+    c = await Client.open(server)
+    try:
+        # Valid JSON, so a parser without a depth limit may take it as a message; either way the socket lives.
+        await c.send('{"type":"message","content":"deep","x":' + "[" * DEEP + "]" * DEEP + "}")
+        first = await c.recv()
+        expected = [[("user", GOOD), ("assistant", f"You said: {GOOD}")]]
+        if first["type"] == "error":
+            assert first["code"] == "invalid", first
+        else:
+            assert first["type"] == "ack", first
+            rest = await c.collect()
+            assert rest.done is not None and rest.done["status"] == "complete", rest.frames
+            expected.append([("user", "deep"), ("assistant", "You said: deep")])
+        t = await c.complete(GOOD, conversation_id=None)
+        assert t.ack["duplicate"] is False
+        assert stored(server, c.token) == expected
     finally:
         await c.close()
 

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
+from alembic.command import downgrade, upgrade
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from support.client import aio
 
-from alembic import command
 from server.config import Settings
 from server.db.engine import make_engine
 from server.db.migrate import alembic_config, head_revision, upgrade_to_head
@@ -47,7 +47,7 @@ async def sql(url: str, statement: str, **params: Any) -> list[tuple[Any, ...]] 
     return await on_db(url, run)
 
 
-async def upgrade(url: str) -> None:
+async def upgrade_db(url: str) -> None:
     await upgrade_to_head(Settings(database_url=url))
 
 
@@ -64,11 +64,11 @@ def tables(conn: Connection) -> set[str]:
     return set(inspect(conn).get_table_names()) - {"alembic_version"}
 
 
-def alembic(action: str, target: str) -> Callable[[Connection], None]:
+def alembic(action: Callable[..., None], target: str) -> Callable[[Connection], None]:
     def run(conn: Connection) -> None:
         cfg = alembic_config()
         cfg.attributes["connection"] = conn  # as server.db.migrate does: env.py uses this connection
-        getattr(command, action)(cfg, target)
+        action(cfg, target)
 
     return run
 
@@ -100,7 +100,7 @@ def url(db: str, databases) -> str:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def migrated(url: str) -> str:
-    asyncio.run(upgrade(url))
+    asyncio.run(upgrade_db(url))
     return url
 
 
@@ -124,8 +124,8 @@ async def test_comparison_sees_a_missing_schema(url):
 async def test_upgrade_again_is_a_no_op_that_keeps_data(migrated):
     conversation_id = await add_conversation(migrated)
     message_id = await add_message(migrated, conversation_id, 1, client_id="k1")
-    await upgrade(migrated)
-    await upgrade(migrated)
+    await upgrade_db(migrated)
+    await upgrade_db(migrated)
     assert await on_db(migrated, revision) == head_revision()
     assert await on_db(migrated, schema_diff) == []
     rows = await sql(migrated, "SELECT id, client_id FROM messages")
@@ -135,11 +135,11 @@ async def test_upgrade_again_is_a_no_op_that_keeps_data(migrated):
 @aio
 async def test_downgrade_to_base_then_upgrade_to_head(migrated):
     await add_conversation(migrated)
-    await on_db(migrated, alembic("downgrade", "base"))
+    await on_db(migrated, alembic(downgrade, "base"))
     assert await on_db(migrated, revision) is None
     assert await on_db(migrated, tables) == set()
 
-    await on_db(migrated, alembic("upgrade", "head"))
+    await on_db(migrated, alembic(upgrade, "head"))
     assert await on_db(migrated, revision) == head_revision()
     assert await on_db(migrated, tables) == TABLES
     assert await on_db(migrated, schema_diff) == []
@@ -151,7 +151,7 @@ def test_concurrent_upgrades_of_a_fresh_database_both_succeed(url):
 
     def run() -> None:
         try:
-            asyncio.run(upgrade(url))
+            asyncio.run(upgrade_db(url))
         except BaseException as e:  # reported below, with the other thread's outcome
             errors.append(e)
 

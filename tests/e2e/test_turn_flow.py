@@ -10,9 +10,8 @@ import socket
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import connect
-
 from support.client import Client, Rest, Turn, aio, cid, poll, words
+from websockets.asyncio.client import connect
 
 
 def echo(content: str) -> str:
@@ -171,9 +170,15 @@ async def test_messages_sent_at_once_run_one_turn_at_a_time_in_order(server):
         await c.close()
 
 
+@pytest.fixture
+def small_queue_server(db, make_server):
+    """Three may wait behind the turn in progress; 100 ms per delta keeps that turn going."""
+    return make_server(db, CHAT_ECHO_DELAY_MS=100, CHAT_MAX_WAITING=3)
+
+
 @aio
-async def test_messages_beyond_the_waiting_limit_get_busy_and_are_not_stored(db, make_server):
-    srv = make_server(db, CHAT_ECHO_DELAY_MS=100, CHAT_MAX_WAITING=3)
+async def test_messages_beyond_the_waiting_limit_get_busy_and_are_not_stored(small_queue_server):
+    srv = small_queue_server
     c = await Client.open(srv)
     try:
         keys = [cid() for _ in range(7)]
@@ -216,8 +221,9 @@ async def test_resend_of_a_completed_turn_returns_the_stored_reply_without_gener
         original = await c.complete("remember me", client_id=k)
         conv = original.ack["conversation_id"]
 
-        for frame_fields in ({"content": "remember me"}, {"content": "something else", "conversation_id": None}):
-            await c.send({"type": "message", "client_id": k, **frame_fields})
+        resends = ({"content": "remember me"}, {"content": "something else", "conversation_id": None})
+        for fields in resends:
+            await c.send({"type": "message", "client_id": k, **fields})
             t = await c.collect()
             assert t.types() == ["ack", "done"], t.frames
             assert t.ack["duplicate"] is True and t.ack["client_id"] == k
@@ -277,7 +283,8 @@ async def test_resend_after_an_interrupted_reply_generates_a_fresh_one(slow_serv
         assert fresh.done["message_id"] != interrupted["id"]
         messages = rest.all_messages(conv)
         assert messages[1] == interrupted
-        assert rows(messages) == [("user", long, "complete"), ("assistant", interrupted["content"], "interrupted"),
+        assert rows(messages) == [("user", long, "complete"),
+                                  ("assistant", interrupted["content"], "interrupted"),
                                   ("assistant", echo(long), "complete")]
         assert [m["reply_to"] for m in messages[1:]] == [cut.ack["message_id"]] * 2
 
@@ -317,7 +324,8 @@ async def test_which_conversation_a_message_goes_to(server):
         assert (await c.complete("fourth", conversation_id=a)).ack["conversation_id"] == a
         assert (await c.complete("fifth")).ack["conversation_id"] == a
         rest = Rest(server, c.token)
-        users = {conv: [m["content"] for m in rest.all_messages(conv) if m["role"] == "user"] for conv in (a, b)}
+        users = {conv: [m["content"] for m in rest.all_messages(conv) if m["role"] == "user"]
+                 for conv in (a, b)}
         assert users == {a: ["first", "fourth", "fifth"], b: ["second", "third"]}
     finally:
         await c.close()
@@ -396,18 +404,25 @@ async def test_plain_text_frames_are_messages(server):
 
 
 # -- a client that stops reading -------------------------------------------------------------------
-def big_content(i: int, size: int = 30_000) -> str:
-    text = words(size // 4, tag=f"m{i}-")
-    return text[:size].rsplit(" ", 1)[0]
+def big_content(i: int) -> str:
+    # One-letter words: ~15,000 deltas, so each reply is ~1 MB on the wire, and 9 of them are
+    # more than the kernel's socket buffers (up to 4 MB) can absorb.
+    return f"message{i} " + "x " * 14_990
+
+
+@pytest.fixture
+def impatient_server(db, make_server):
+    return make_server(db, CHAT_SEND_TIMEOUT_S=1, CHAT_ECHO_DELAY_MS=0)
 
 
 @aio
-async def test_a_client_that_stops_reading_is_cut_off_and_its_reply_stored_interrupted(db, make_server):
-    srv = make_server(db, CHAT_SEND_TIMEOUT_S=1, CHAT_ECHO_DELAY_MS=0)
+async def test_a_client_that_stops_reading_is_cut_off_and_its_reply_stored_interrupted(impatient_server):
+    srv = impatient_server
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect(("127.0.0.1", srv.port))
-    ws = await connect(srv.ws_url, sock=s, max_size=None, ping_interval=None, close_timeout=1)
+    # No permessage-deflate: compressed, the repetitive deltas would be too small to fill the buffers.
+    ws = await connect(srv.ws_url, sock=s, max_size=None, ping_interval=None, close_timeout=1, compression=None)
     try:
         ready = json.loads(await asyncio.wait_for(ws.recv(), 15))
         assert ready["type"] == "ready"
@@ -415,7 +430,8 @@ async def test_a_client_that_stops_reading_is_cut_off_and_its_reply_stored_inter
         for content in contents:
             await ws.send(json.dumps({"type": "message", "content": content}))
         # From here on the client reads nothing; only the server can end this.
-        open_sockets = await poll(lambda: srv.metric("chat_sockets_open"), lambda n: n == 0, timeout=30, interval=0.25)
+        open_sockets = await poll(lambda: srv.metric("chat_sockets_open"), lambda n: n == 0,
+                                  timeout=30, interval=0.25)
         assert open_sockets == 0, "the server never dropped a client that stopped reading"
     finally:
         ws.transport.abort()

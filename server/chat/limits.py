@@ -1,0 +1,77 @@
+"""Abuse limits: token buckets for message and frame rates, and sockets per user.
+
+Pure bookkeeping with an injectable clock, so the rules are unit-tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """`rate` tokens per second, holding at most `burst`; starts full."""
+
+    rate: float
+    burst: float
+    clock: Clock = time.monotonic
+    tokens: float = field(init=False)
+    stamp: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
+        self.stamp = self.clock()
+
+    def take(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+    def full(self) -> bool:
+        return self.tokens + (self.clock() - self.stamp) * self.rate >= self.burst
+
+
+class UserLimits:
+    """Per user, across all of the user's sockets in this process."""
+
+    def __init__(self, messages_per_minute: int, max_sockets: int, clock: Clock = time.monotonic):
+        self.messages_per_minute = messages_per_minute
+        self.max_sockets = max_sockets
+        self.clock = clock
+        self._buckets: dict[str, TokenBucket] = {}
+        self._sockets: dict[str, int] = {}
+
+    def allow_message(self, user_id: str) -> bool:
+        bucket = self._buckets.get(user_id)
+        if bucket is None:
+            if len(self._buckets) > 10_000:  # bounded: forget users whose bucket has refilled
+                self._buckets = {k: b for k, b in self._buckets.items() if not b.full()}
+            bucket = self._buckets[user_id] = TokenBucket(self.messages_per_minute / 60, self.messages_per_minute,
+                                                          self.clock)
+        return bucket.take()
+
+    def open_socket(self, user_id: str) -> bool:
+        """Count a new socket for this user; False (and not counted) when it has too many."""
+        count = self._sockets.get(user_id, 0)
+        if count >= self.max_sockets:
+            return False
+        self._sockets[user_id] = count + 1
+        return True
+
+    def close_socket(self, user_id: str) -> None:
+        count = self._sockets.get(user_id, 0) - 1
+        if count > 0:
+            self._sockets[user_id] = count
+        else:
+            self._sockets.pop(user_id, None)
+
+    def sockets(self, user_id: str) -> int:
+        return self._sockets.get(user_id, 0)
