@@ -1,4 +1,4 @@
-"""reply stats: the model, token counts and time to first token of assistant messages
+"""reply stats: the model, token counts, time to first token and error of assistant messages
 
 Revision ID: 0002
 Revises: 0001
@@ -21,10 +21,12 @@ def upgrade() -> None:
         batch.add_column(sa.Column("prompt_tokens", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("completion_tokens", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("first_token_ms", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("error", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("messages") as batch:
+        batch.drop_column("error")
         batch.drop_column("first_token_ms")
         batch.drop_column("completion_tokens")
         batch.drop_column("prompt_tokens")

@@ -1,7 +1,8 @@
 """One socket: a reader that parses frames and a worker that runs turns one at a time.
 
-The connection holds the database factory for its whole life and opens a unit of work only
-at a turn's commit points, so waiting on the client or the model holds no connection.
+The connection holds the database for its whole life and runs a unit of work only at a turn's
+commit points, so waiting on the client or the model holds no connection. An idle socket holds
+no task and no event besides its reader: the worker exists while messages wait.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from server import PROTOCOL, metrics
@@ -19,13 +20,7 @@ from server.chat.backends import ChatTurn, ContextMessage
 from server.chat.limits import TokenBucket
 from server.chat.replies import Draft, stream_reply
 from server.chat.services import Services
-from server.chat.turns import (
-    Accepted,
-    ConversationNotFound,
-    TurnControl,
-    accept_message,
-    store_reply,
-)
+from server.chat.turns import Accepted, ConversationNotFound, TurnControl, accept_message, store_reply
 from server.db.store import InvalidBefore, Message, NotFound, new_id
 from server.db.uow import DatabaseUnavailable
 from server.protocol import frames
@@ -36,6 +31,7 @@ from server.web.socket import Disconnected, Socket
 log = logging.getLogger(__name__)
 
 UNAVAILABLE_DETAIL = "the database could not take the message; it was not stored: send it again"
+DELETED_DETAIL = "the conversation was deleted; its reply was stopped"
 
 
 class ChatConnection:
@@ -45,14 +41,13 @@ class ChatConnection:
         self.identity = identity
         self.user_id = identity.user_id
         self.conversation_id: str | None = None
-        self.waiting: deque[MessageFrame] = deque()
-        self.wake = asyncio.Event()
+        self.waiting: list[MessageFrame] = []  # at most max_waiting + 1: a list is the smallest queue
         self.turn: TurnControl | None = None
         self.closing = False
-        self.gone = asyncio.Event()  # set once the socket is going away (disconnect or shutdown)
+        self.gone: asyncio.Event | None = None  # made when a duplicate waits on another socket's reply
         self.worker: asyncio.Task[None] | None = None
         rate = services.settings.max_frames_per_second
-        self.frames = TokenBucket(rate, 2 * rate)
+        self.frame_rate = TokenBucket(rate, 2 * rate)
         # Refusals for the user's message rate; running out of these (more than flood_close_after
         # a minute, sustained) means the client ignores rate_limited: it is closed.
         strikes = services.settings.flood_close_after
@@ -70,7 +65,6 @@ class ChatConnection:
                                   **({"token": self.identity.minted_token} if self.identity.minted_token else {})})
             if start is not None:
                 await self.sock.send(start)
-            self.worker = asyncio.create_task(self._work())
             await self._read()
         except Disconnected:
             pass
@@ -95,11 +89,11 @@ class ChatConnection:
 
     def _leave(self, reason: str) -> None:
         self.closing = True
-        self.gone.set()
+        if self.gone is not None:
+            self.gone.set()
         self.waiting.clear()  # never acknowledged, so dropping them loses nothing
         if self.turn is not None:
             self.turn.stop(reason)
-        self.wake.set()
 
     async def _resolve_start(self, requested: str | None) -> dict[str, Any] | None:
         if requested is None:
@@ -121,7 +115,7 @@ class ChatConnection:
             if self.identity.expired():
                 await self.sock.close(CloseCode.POLICY, "token expired")
                 return
-            if not self.frames.take():
+            if not self.frame_rate.take():
                 log.warning("closing a flooding socket (user %s): over %g frames/s", self.user_id,
                             self.svc.settings.max_frames_per_second)
                 await self.sock.close(CloseCode.POLICY, "flooding")
@@ -170,7 +164,8 @@ class ChatConnection:
                 "send this one again after a reply is done", frame.client_id))
             return
         self.waiting.append(frame)
-        self.wake.set()
+        if self.worker is None or self.worker.done():
+            self.worker = asyncio.create_task(self._work())
 
     async def _history(self, frame: HistoryFrame) -> dict[str, Any]:
         try:
@@ -187,12 +182,9 @@ class ChatConnection:
 
     # -- turns ---------------------------------------------------------------------------------
     async def _work(self) -> None:
-        while not self.closing:
-            if not self.waiting:
-                self.wake.clear()
-                await self.wake.wait()
-                continue
-            frame = self.waiting.popleft()
+        """Run the waiting turns in order, then end (the next message starts a new worker)."""
+        while self.waiting and not self.closing:
+            frame = self.waiting.pop(0)
             self.turn = control = TurnControl()
             try:
                 await self._turn(frame, control)
@@ -249,6 +241,8 @@ class ChatConnection:
     async def _wait_for(self, finished: asyncio.Future[Message | None]) -> None:
         """Wait for a reply another socket is generating. A cancel here does not stop that reply
         (it is not this socket's); only this socket going away ends the wait."""
+        if self.gone is None:
+            self.gone = asyncio.Event()
         gone = asyncio.ensure_future(self.gone.wait())
         try:
             await asyncio.wait({finished, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -286,11 +280,11 @@ class ChatConnection:
             status, detail = "error", "the conversation could not be read from the database"
         if status == "deleted":
             with contextlib.suppress(Disconnected):
-                await self.sock.send(frames.error(ErrorCode.NOT_FOUND, "the conversation was deleted"))
+                await self.sock.send(frames.error(ErrorCode.NOT_FOUND, DELETED_DETAIL, message.client_id))
             return None
         try:
             stored = await asyncio.shield(store_reply(self.svc.db, self.user_id, message, draft.reply_id,
-                                                      draft.content, status, draft.meta()))
+                                                      draft.content, status, draft.meta(detail)))
         except DatabaseUnavailable:
             log.error("reply %s to %s not stored: database unavailable", draft.reply_id, message.id, exc_info=True)
             metrics.TURNS.labels("unavailable").inc()
@@ -300,12 +294,12 @@ class ChatConnection:
             return None
         metrics.TURNS.labels(status).inc()
         if stored is None:  # the conversation was deleted while the reply was being stored
-            await self.sock.send(frames.error(ErrorCode.NOT_FOUND, "the conversation was deleted"))
+            await self.sock.send(frames.error(ErrorCode.NOT_FOUND, DELETED_DETAIL, message.client_id))
         elif status != "interrupted":
-            await self.sock.send(self._done(stored, detail))
+            await self.sock.send(self._done(stored))
         return stored
 
-    def _send_delta(self, reply_id: str):  # type: ignore[no-untyped-def]
+    def _send_delta(self, reply_id: str) -> Callable[[str], Awaitable[None]]:
         async def send(piece: str) -> None:
             await self.sock.send({"type": "delta", "message_id": reply_id, "content": piece})
 
@@ -319,9 +313,9 @@ class ChatConnection:
         return [ContextMessage(m.role, m.content, m.status) for m in page]
 
     @staticmethod
-    def _done(reply: Message, detail: str | None = None) -> dict[str, Any]:
+    def _done(reply: Message) -> dict[str, Any]:
         frame: dict[str, Any] = {"type": "done", "conversation_id": reply.conversation_id, "message_id": reply.id,
                                  "status": reply.status, "content": reply.content}
         if reply.status == "error":
-            frame["error"] = detail or "the reply failed"
+            frame["error"] = reply.error or "the reply failed"
         return frame

@@ -36,9 +36,9 @@ class Draft:
     def content(self) -> str:
         return "".join(self.parts)
 
-    def meta(self) -> ReplyMeta:
+    def meta(self, error: str | None) -> ReplyMeta:
         return ReplyMeta(self.stats.model, self.stats.prompt_tokens, self.stats.completion_tokens,
-                         self.first_token_ms)
+                         self.first_token_ms, error)
 
     def add(self, piece: str) -> None:
         if not self.parts:

@@ -61,6 +61,7 @@ messages = Table(
     Column("prompt_tokens", Integer, nullable=True),
     Column("completion_tokens", Integer, nullable=True),
     Column("first_token_ms", Integer, nullable=True),
+    Column("error", Text, nullable=True),  # why a reply with status "error" failed
     UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),
     # The idempotency key is unique per user in the database, not only in the server's memory.
     UniqueConstraint("user_id", "client_id", name="uq_messages_user_client_id"),

@@ -55,6 +55,7 @@ class Message:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     first_token_ms: int | None = None
+    error: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -70,6 +71,8 @@ class Message:
             out["model"] = self.model
             out["usage"] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
             out["first_token_ms"] = self.first_token_ms
+            if self.error is not None:
+                out["error"] = self.error
         return out
 
 
@@ -81,6 +84,7 @@ class ReplyMeta:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     first_token_ms: int | None = None
+    error: str | None = None
 
 
 MESSAGE_COLUMNS = (
@@ -97,6 +101,7 @@ MESSAGE_COLUMNS = (
     messages.c.prompt_tokens,
     messages.c.completion_tokens,
     messages.c.first_token_ms,
+    messages.c.error,
 )
 
 
@@ -178,9 +183,10 @@ class Store:
             "id": message_id, "conversation_id": conversation_id, "user_id": user_id, "seq": seq, "role": role,
             "content": content, "status": status, "client_id": client_id, "reply_to": reply_to,
             "created_at": now, "model": meta.model, "prompt_tokens": meta.prompt_tokens,
-            "completion_tokens": meta.completion_tokens, "first_token_ms": meta.first_token_ms})
+            "completion_tokens": meta.completion_tokens, "first_token_ms": meta.first_token_ms,
+            "error": meta.error})
         return Message(message_id, conversation_id, seq, role, content, status, client_id, reply_to, now,
-                       meta.model, meta.prompt_tokens, meta.completion_tokens, meta.first_token_ms)
+                       meta.model, meta.prompt_tokens, meta.completion_tokens, meta.first_token_ms, meta.error)
 
     def by_client_id(self, user_id: str, client_id: str) -> Message | None:
         row = self.conn.execute(_BY_CLIENT_ID, {"p_user": user_id, "p_client": client_id}).first()

@@ -41,7 +41,7 @@ class Call:
     started_at: float = field(default_factory=time.monotonic)
     chunks_sent: int = 0
     closed_by_client_at: float | None = None  # monotonic; None while (or if) the client kept it open
-    finished: bool = False  # the whole stream went out, [DONE] included
+    finished: bool = False  # the whole reply went out, usage included
 
 
 class ClientClosed(Exception):
@@ -137,9 +137,9 @@ class FakeLLM:
                     usage = step.get("usage", {"prompt_tokens": prompt_tokens, "completion_tokens": len(chunks)})
                     usage = {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
                     self._event(model, None, usage=usage)
+                call.finished = True  # before the last bytes: the client may act on them at once
                 self._write(b"data: [DONE]\n\n")
                 self.wfile.write(b"0\r\n\r\n")
-                call.finished = True
 
             def _event(self, model: str, delta: dict[str, Any] | None, finish: str | None = None,
                        usage: dict[str, int] | None = None) -> None:

@@ -26,3 +26,10 @@ def test_idle_mode_reports_rss_per_socket(server):
     result = run_loadgen("--idle", "20", "--url", server.ws_url, "--pid", str(server.pid))
     assert result["failures"] == 0 and result["open"] == 20, result
     assert result["rss_kib_per_socket"] is not None
+
+
+def test_runner_quick_mode_runs_chat_server_and_the_ceiling():
+    out = subprocess.run([sys.executable, str(LOADGEN.parent / "run.py"), "--quick"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "ceiling" in out.stdout and "chat-server" in out.stdout, out.stdout[-2000:]

@@ -32,6 +32,18 @@ async def send_at_once(clients: list[Client], contents: list[str]) -> None:
                            for c, text in zip(clients, contents, strict=True)))
 
 
+async def read_turn(c: Client, timeout: float = 60, deltas: int | None = None) -> Turn:
+    """Frames of one turn until done or any error (a reply that fails mid-stream ends with an
+    error, not a done), or until `deltas` deltas have arrived."""
+    turn = Turn()
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = await c.recv(timeout)
+            turn.frames.append(frame)
+            if frame["type"] in ("done", "error") or (deltas is not None and len(turn.deltas) >= deltas):
+                return turn
+
+
 async def scrape(server) -> dict[str, float]:
     """One /metrics sample, so values read together describe the same instant."""
     async with httpx.AsyncClient(timeout=10) as http:
@@ -92,7 +104,7 @@ async def thirty_long_replies(server) -> None:
     try:
         contents = [f"socket {i} " + words(LONG_REPLY_WORDS - 2) for i in range(30)]
         await send_at_once(clients, contents)
-        turns = await asyncio.gather(*(c.collect(timeout=90) for c in clients))
+        turns = await asyncio.gather(*(read_turn(c) for c in clients))
         for turn, text in zip(turns, contents, strict=True):
             assert turn.error is None, turn.frames  # `unavailable` here: a socket held a connection
             assert_complete_echo(turn, text)
@@ -113,7 +125,7 @@ async def twenty_replies_streaming(server) -> None:
     try:
         contents = [f"socket {i} " + words(LONG_REPLY_WORDS - 2) for i in range(20)]
         await send_at_once(clients, contents)
-        heads = await asyncio.gather(*(c.collect(timeout=60, stop_after_deltas=1) for c in clients))
+        heads = await asyncio.gather(*(read_turn(c, deltas=1) for c in clients))
         for head in heads:
             assert head.done is None and len(head.deltas) == 1, head.frames
 
@@ -124,7 +136,7 @@ async def twenty_replies_streaming(server) -> None:
             assert seen == (20, 0), f"(replies in flight, connections checked out) = {seen}"
             await asyncio.sleep(0.1)
 
-        tails = await asyncio.gather(*(c.collect(timeout=60) for c in clients))
+        tails = await asyncio.gather(*(read_turn(c) for c in clients))
         for head, tail, text in zip(heads, tails, contents, strict=True):
             assert_complete_echo(Turn(head.frames + tail.frames), text)
         assert await settles(server, "chat_replies_in_flight", 0)
@@ -241,7 +253,7 @@ async def race_one_client_id(server, content: str) -> None:
     try:
         key = cid("race")
         await asyncio.gather(a.message(content, client_id=key), b.message(content, client_id=key))
-        turns = await asyncio.gather(a.collect(timeout=60), b.collect(timeout=60))
+        turns = await asyncio.gather(read_turn(a), read_turn(b))
     finally:
         await close_all([a, b])
 

@@ -110,7 +110,7 @@ async def repeated_kills(server: ServerProcess) -> None:
     await first.close()
     conversation: str | None = None
     acked: list[tuple[dict[str, Any], str]] = []  # (ack, content)
-    for i, kill_after_deltas in enumerate([0, 1, 3, 0, 2]):
+    for i, kill_after_deltas in enumerate([0, 1, 2, 3]):
         c = await Client.open(server, token=token)
         content = f"round {i} " + words(4, tag=f"r{i}-")
         extra = {} if conversation is None else {"conversation_id": conversation}
@@ -156,10 +156,9 @@ def test_sigterm_mid_reply_stores_replies_interrupted_and_closes_1001(db, make_s
 async def sigterm_mid_reply(server: ServerProcess) -> None:
     clients = [await Client.open(server) for _ in range(3)]
     contents = [f"long message {i} " + words(30, tag=f"s{i}-") for i in range(3)]
-    turns = []
     for c, content in zip(clients, contents, strict=True):
         await c.message(content, client_id=cid())
-        turns.append(await c.collect(stop_after_deltas=2))
+    turns = await asyncio.gather(*(c.collect(stop_after_deltas=2) for c in clients))
     for t in turns:
         assert t.ack is not None and t.start is not None and len(t.deltas) == 2, t.frames
 

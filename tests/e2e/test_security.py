@@ -39,6 +39,12 @@ def token_server(db, session_servers):
     return session_servers(db, CHAT_AUTH_SECRET=SECRET, CHAT_ALLOWED_ORIGINS=",".join(ALLOWED))
 
 
+@pytest.fixture
+def sqlite_token_server(session_servers):
+    """The same on SQLite only, for what does not depend on the database (Origin, CORS, token expiry)."""
+    return session_servers("sqlite", CHAT_AUTH_SECRET=SECRET, CHAT_ALLOWED_ORIGINS=",".join(ALLOWED))
+
+
 # -- helpers ---------------------------------------------------------------------------------------------
 def b64(obj: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
@@ -163,17 +169,21 @@ async def test_invalid_token_is_refused_in_token_mode_and_creates_nothing(token_
     assert conversations(token_server, mint(victim)) == []
 
 
+_victims: dict[str, Client] = {}  # one victim per open-mode server, shared by the cases below
+
+
 @pytest.mark.parametrize("via", ["query", "header"])
 @pytest.mark.parametrize("kind", BAD_KINDS)
 @aio
 async def test_invalid_token_is_refused_in_open_mode_too_and_creates_nothing(server, kind, via):
     # The victim is a real open-mode user with a conversation: a forgery must not reach it.
-    victim = await Client.open(server)
-    try:
+    victim = _victims.get(server.base_url)
+    if victim is None:
+        victim = _victims[server.base_url] = await Client.open(server)
         await victim.complete("mine alone")
-    finally:
         await victim.close()
     mine = snapshot(server, victim.token)
+    assert len(mine) == 1
     before = await row_counts(server)
     token = bad_tokens(await open_mode_secret(server), victim.user_id)[kind]
     assert await refusal(server, token, via) in AUTH_REFUSALS
@@ -234,36 +244,36 @@ async def test_same_sub_on_two_sockets_is_the_same_user(token_server):
 
 
 @aio
-async def test_token_expiring_during_the_socket_closes_1008_at_the_next_frame(token_server):
+async def test_token_expiring_during_the_socket_closes_1008_at_the_next_frame(sqlite_token_server):
     user = "expiring-" + uuid.uuid4().hex[:8]
     exp = int(time.time()) - 26  # still inside the 30 s leeway for a few seconds
-    c = await open_via(token_server, mint(user, exp=exp), "query")
+    c = await open_via(sqlite_token_server, mint(user, exp=exp), "query")
     assert c.user_id == user
     live = await c.history(str(uuid.uuid4()))  # answered while the token is valid
     assert live["type"] == "error" and live["code"] == "not_found", live
     await asyncio.sleep(max(0.0, exp + 30 + 1.0 - time.time()))
     await c.message("sent after expiry", client_id=cid())
     assert await c.closed_code() == 1008
-    assert conversations(token_server, mint(user)) == []  # the frame after expiry was not stored
-    assert http_status(token_server, mint(user, exp=exp)) == 401
-    assert await refusal(token_server, mint(user, exp=exp)) in AUTH_REFUSALS
+    assert conversations(sqlite_token_server, mint(user)) == []  # the frame after expiry was not stored
+    assert http_status(sqlite_token_server, mint(user, exp=exp)) == 401
+    assert await refusal(sqlite_token_server, mint(user, exp=exp)) in AUTH_REFUSALS
 
 
 # -- chat-server token -------------------------------------------------------------------------------------
 @aio
-async def test_cli_token_in_token_mode_is_accepted_as_that_user(token_server):
-    out = run_cli(token_server, "token", "--user", "bob")
+async def test_cli_token_in_token_mode_is_accepted_as_that_user(sqlite_token_server):
+    out = run_cli(sqlite_token_server, "token", "--user", "bob")
     assert out.returncode == 0, out.stderr
     token = out.stdout.strip().splitlines()[-1]
     claims = jwt.decode(token, SECRET, algorithms=["HS256"])
     assert claims["sub"] == "bob" and claims["exp"] > time.time() + 3600  # default lifetime: a day
-    c = await Client.open(token_server, token=token)
+    c = await Client.open(sqlite_token_server, token=token)
     try:
         assert c.user_id == "bob"
         await c.complete("bob was here")
     finally:
         await c.close()
-    short = run_cli(token_server, "token", "--user", "bob", "--ttl", "1h")
+    short = run_cli(sqlite_token_server, "token", "--user", "bob", "--ttl", "1h")
     assert short.returncode == 0, short.stderr
     exp = jwt.decode(short.stdout.strip().splitlines()[-1], SECRET, algorithms=["HS256"])["exp"]
     assert 3500 < exp - time.time() <= 3600
@@ -284,34 +294,40 @@ async def test_cli_token_in_open_mode_uses_the_secret_in_the_database(server):
         await c.close()
 
 
-@aio
-async def test_open_mode_token_survives_a_restart(db, make_server):
-    srv = make_server(db)
-    c = await Client.open(srv)
-    t = await c.complete("before the restart")
-    await c.close()
-    token, user, conv = c.token, c.user_id, t.ack["conversation_id"]
-    secret = await open_mode_secret(srv)
+def test_open_mode_token_survives_a_restart(db, make_server):
+    srv = make_server(db)  # outside the event loop: a PostgreSQL database is created synchronously
+
+    async def before_restart() -> tuple[Client, str, str]:
+        c = await Client.open(srv)
+        t = await c.complete("before the restart")
+        await c.close()
+        return c, t.ack["conversation_id"], await open_mode_secret(srv)
+
+    async def after_restart(c: Client, conv: str, secret: str) -> None:
+        assert await open_mode_secret(srv) == secret
+        again = await Client.open(srv, token=c.token)
+        try:
+            assert again.user_id == c.user_id and "token" not in again.ready
+            h = await again.history(conv)
+            assert [m["content"] for m in h["messages"]] == ["before the restart", "You said: before the restart"]
+            t = await again.complete("after the restart", conversation_id=conv)
+            assert t.ack["conversation_id"] == conv
+        finally:
+            await again.close()
+        fresh = await Client.open(srv)
+        await fresh.close()
+        assert fresh.user_id != c.user_id and fresh.token and fresh.token != c.token
+
+    c, conv, secret = asyncio.run(before_restart())
     srv.restart()
-    assert await open_mode_secret(srv) == secret
-    again = await Client.open(srv, token=token)
-    try:
-        assert again.user_id == user and "token" not in again.ready
-        h = await again.history(conv)
-        assert [m["content"] for m in h["messages"]] == ["before the restart", "You said: before the restart"]
-        assert (await again.complete("after the restart")).ack["conversation_id"] == conv
-    finally:
-        await again.close()
-    fresh = await Client.open(srv)
-    await fresh.close()
-    assert fresh.user_id != user and fresh.token and fresh.token != token
+    asyncio.run(after_restart(c, conv, secret))
 
 
 # -- Origin ----------------------------------------------------------------------------------------------
 @aio
-async def test_origin_own_absent_and_allow_listed_are_accepted(token_server):
-    for origin in [None, f"http://127.0.0.1:{token_server.port}", *ALLOWED]:
-        c = await Client.open(token_server, token=mint("origin-ok"), origin=origin)
+async def test_origin_own_absent_and_allow_listed_are_accepted(sqlite_token_server):
+    for origin in [None, f"http://127.0.0.1:{sqlite_token_server.port}", *ALLOWED]:
+        c = await Client.open(sqlite_token_server, token=mint("origin-ok"), origin=origin)
         try:
             assert c.user_id == "origin-ok", origin
         finally:
@@ -319,8 +335,8 @@ async def test_origin_own_absent_and_allow_listed_are_accepted(token_server):
 
 
 @aio
-async def test_foreign_and_look_alike_origins_are_refused(token_server):
-    port = token_server.port
+async def test_foreign_and_look_alike_origins_are_refused(sqlite_token_server):
+    port = sqlite_token_server.port
     other = free_port()
     origins = [
         "http://evil.example",
@@ -335,16 +351,16 @@ async def test_foreign_and_look_alike_origins_are_refused(token_server):
         f"http://127.0.0.1:{port}@evil.com",
         "null",
     ]
-    before = await row_counts(token_server)
+    before = await row_counts(sqlite_token_server)
     for origin in origins:
-        how = await refusal(token_server, mint("origin-probe"), origin=origin)
+        how = await refusal(sqlite_token_server, mint("origin-probe"), origin=origin)
         assert how in AUTH_REFUSALS, (origin, how)
-    assert await row_counts(token_server) == before
+    assert await row_counts(sqlite_token_server) == before
 
 
-def test_cors_answers_only_allowed_origins(token_server):
+def test_cors_answers_only_allowed_origins(sqlite_token_server):
     auth = {"Authorization": f"Bearer {mint('cors-user')}"}
-    with httpx.Client(base_url=token_server.base_url, timeout=20) as http:
+    with httpx.Client(base_url=sqlite_token_server.base_url, timeout=20) as http:
         for origin in ALLOWED:
             r = http.get("/api/conversations", headers={**auth, "Origin": origin})
             assert r.status_code == 200 and r.headers.get("access-control-allow-origin") == origin, r.headers

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -38,7 +39,20 @@ async def _pg_execute(sql: str, dbname: str | None = None) -> None:
 
 
 def pg_execute(sql: str, dbname: str | None = None) -> None:
-    asyncio.run(_pg_execute(sql, dbname))
+    """On a fresh loop in a thread, so that async tests (inside a running loop) can call it too."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(_pg_execute(sql, dbname))
+        except BaseException as e:  # re-raised in the caller
+            errors.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)
+    if errors:
+        raise errors[0]
 
 
 def pg_unavailable_reason() -> str | None:

@@ -39,7 +39,8 @@ class OpenAIBackend:
         self.context_messages = settings.context_messages
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
         self._key = key
-        read_s = max(settings.llm_first_token_timeout_s, settings.llm_idle_timeout_s)
+        # A backstop only: our own first-token and idle timeouts fire first and say which it was.
+        read_s = max(settings.llm_first_token_timeout_s, settings.llm_idle_timeout_s) + 2
         self.client = AsyncOpenAI(
             base_url=self.base_url,
             api_key=key or "unused",  # local servers (Ollama, llama.cpp) accept any key
