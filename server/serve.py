@@ -17,6 +17,7 @@ import uvicorn
 from server.app import ChatApp
 from server.config import Settings
 from server.db.migrate import upgrade_to_head
+from server.web.ws_protocol import ChatWebSocketProtocol
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def uvicorn_config(app: ChatApp, settings: Settings, host: str, port: int) -> uv
         host=host,
         port=port,
         lifespan="on",
+        ws=ChatWebSocketProtocol,
         log_config=None,  # ours, set up in cli
         access_log=False,
         ws_max_size=settings.max_frame_bytes,  # bigger frames close with 1009; also caps inflated size

@@ -129,9 +129,10 @@ class ChatConnection:
                 await self._refuse(e)
                 continue
             if isinstance(frame, MessageFrame):
-                if not await self._within_rate(frame):
-                    return
-                await self._enqueue(frame)
+                if self.svc.limits.allow_message(self.user_id):
+                    await self._enqueue(frame)
+                elif not await self._refuse_over_rate(frame):
+                    return  # closed for flooding
             elif isinstance(frame, CancelFrame):
                 if self.turn is not None:
                     self.turn.stop("cancelled")
@@ -142,10 +143,9 @@ class ChatConnection:
         metrics.MESSAGES_REFUSED.labels(e.code.value).inc()
         await self.sock.send(frames.error(e.code, e.detail, e.client_id))
 
-    async def _within_rate(self, frame: MessageFrame) -> bool:
-        """Refuse a message over the user's rate; False when the socket was closed for flooding."""
-        if self.svc.limits.allow_message(self.user_id):
-            return True
+    async def _refuse_over_rate(self, frame: MessageFrame) -> bool:
+        """Answer a message over the user's rate with rate_limited; False when, instead, the socket
+        was closed because its client keeps ignoring that answer."""
         if not self.strikes.take():
             log.warning("closing a flooding socket (user %s): rate limit ignored", self.user_id)
             await self.sock.close(CloseCode.POLICY, "flooding")

@@ -117,18 +117,29 @@ def test_max_frame_bytes_default():
     assert Settings().max_frame_bytes == 12 * 32_000 + 4096
 
 
-@pytest.mark.parametrize("value, token_mode", [(None, False), ("", False), ("s3cret", True), (" ", True)])
+STRONG = "s3cret-" + "x" * 25  # 32 characters, the least accepted
+
+
+@pytest.mark.parametrize("value, token_mode", [(None, False), ("", False), (STRONG, True)])
 def test_token_mode_follows_the_auth_secret(monkeypatch, value, token_mode):
     if value is not None:
         monkeypatch.setenv("CHAT_AUTH_SECRET", value)
     assert Settings().token_mode is token_mode
 
 
+@pytest.mark.parametrize("value", ["s3cret", " ", "changeme", STRONG[:-1]])
+def test_a_short_or_placeholder_auth_secret_is_refused(monkeypatch, value):
+    monkeypatch.setenv("CHAT_AUTH_SECRET", value)
+    with pytest.raises(ValidationError, match="at least 32 characters"):
+        Settings()
+
+
 def test_auth_secret_is_not_shown_in_the_repr(monkeypatch):
-    monkeypatch.setenv("CHAT_AUTH_SECRET", "very-private-value")
+    secret = "very-private-value-" + "y" * 20
+    monkeypatch.setenv("CHAT_AUTH_SECRET", secret)
     s = Settings()
-    assert "very-private-value" not in repr(s) and "very-private-value" not in str(s)
-    assert s.auth_secret is not None and s.auth_secret.get_secret_value() == "very-private-value"
+    assert secret not in repr(s) and secret not in str(s)
+    assert s.auth_secret is not None and s.auth_secret.get_secret_value() == secret
 
 
 @pytest.mark.parametrize("url, size", [
