@@ -18,10 +18,6 @@ from server.db.store import Message
 log = logging.getLogger(__name__)
 
 
-class Stoppable(Protocol):
-    def stop(self, reason: str) -> None: ...
-
-
 class Connection(Protocol):
     async def shut_down(self) -> None: ...
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, literal_column, select, text, update
+from sqlalchemy import bindparam, delete, insert, literal_column, select, text, update
 from sqlalchemy.engine import Connection
 
 from server.db.schema import conversations, messages, server_secrets
@@ -220,16 +220,10 @@ class Store:
                 raise InvalidBefore(before)
         return self.page(conversation_id, before_seq, limit)
 
-    def recent(self, conversation_id: str, limit: int) -> list[Message]:
-        return self.page(conversation_id, None, limit)[0]
-
-    def count_messages(self) -> int:
-        return (self.conn.execute(select(func.count()).select_from(messages))).scalar_one()
-
     # -- server secrets ---------------------------------------------------------------------------
     def get_or_create_secret(self, name: str, make: str) -> str:
         """The stored secret `name`; `make` is stored first if there is none (first writer wins)."""
-        found = (self.conn.execute(select(server_secrets.c.value).where(server_secrets.c.name == name))).scalar()
+        found = self.conn.execute(select(server_secrets.c.value).where(server_secrets.c.name == name)).scalar()
         if found is not None:
             return found
         self.conn.execute(insert(server_secrets).values(name=name, value=make, created_at=utcnow()))
