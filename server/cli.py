@@ -10,9 +10,21 @@ import sys
 from server.config import Settings
 
 
+class ClientFaultsWithoutTraceback(logging.Filter):
+    """uvicorn logs a client's invalid UTF-8 as an error with a traceback; it is the client's fault
+    (answered with 1007), so one warning line, or any client could flood the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Invalid UTF-8 sequence received from client"):
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("uvicorn.error").addFilter(ClientFaultsWithoutTraceback())
     logging.getLogger("uvicorn.error").setLevel(max(logging.INFO, logging.getLogger().level))
     # Our own lines say what was migrated and what the model backend did.
     for noisy in ("alembic", "httpx", "httpx2"):
