@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from support.servers import ServerProcess, create_pg_database, drop_pg_database, pg_unavailable_reason
 
 # 50+ sockets per test and a server inheriting the limit: more than 1024 descriptors.
