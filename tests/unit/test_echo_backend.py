@@ -68,10 +68,8 @@ async def test_delay_does_not_change_the_pieces():
     assert await pieces("a b c", delay_s=0.01) == await pieces("a b c")
 
 
-@aio
-async def test_cancelling_the_consumer_stops_the_stream():
-    backend = EchoBackend(delay_s=0.05)
-    stream = backend.stream(ChatTurn("conv", " ".join(f"w{i}" for i in range(200))))
+async def consume_until_first_piece_then_cancel(stream) -> list[str]:  # type: ignore[no-untyped-def]
+    """Consume `stream` in a task, cancel that task once a piece has arrived; the pieces it got."""
     got: list[str] = []
     first = asyncio.Event()
 
@@ -85,6 +83,14 @@ async def test_cancelling_the_consumer_stops_the_stream():
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    return got
+
+
+@aio
+async def test_cancelling_the_consumer_stops_the_stream():
+    backend = EchoBackend(delay_s=0.05)
+    stream = backend.stream(ChatTurn("conv", " ".join(f"w{i}" for i in range(200))))
+    got = await consume_until_first_piece_then_cancel(stream)
     assert got == ["You "]
     # Nothing more arrives later, and the generator is finished rather than suspended.
     await asyncio.sleep(0.2)
@@ -98,19 +104,7 @@ async def test_cancelling_the_consumer_stops_the_stream():
 async def test_cancel_is_seen_between_pieces_even_without_delay():
     # With no delay the stream still yields to the loop before each piece, so a cancel lands.
     stream = EchoBackend(0).stream(ChatTurn("conv", " ".join(["w"] * 100_000)))
-    got: list[str] = []
-    first = asyncio.Event()
-
-    async def consume() -> None:
-        async for p in stream:
-            got.append(p)
-            first.set()
-
-    task = asyncio.create_task(consume())
-    await asyncio.wait_for(first.wait(), timeout=10)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    got = await consume_until_first_piece_then_cancel(stream)
     assert 1 <= len(got) < 10  # a few loop turns at most, not the 100,002 pieces
     assert stream.ag_frame is None
 
