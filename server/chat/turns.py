@@ -45,20 +45,42 @@ class TurnControl:
 
 async def accept_message(db: Database, user_id: str, frame: MessageFrame, current: str | None) -> Accepted:
     """Commit the user's message, or find the original when its client_id was seen before."""
-    for attempt in range(2):
-        try:
-            accepted = await db.write(_accept(user_id, frame, current))
-            break
-        except IntegrityError as e:
-            # Another process committed the same client_id between our check and our insert:
-            # the second pass finds it as a duplicate.
-            if attempt == 1 or frame.client_id is None:
-                raise DatabaseUnavailable(str(e)) from e
+    accepted = await _append_to_conversation(db, user_id, frame, current)
+    if accepted is None:  # a new conversation, a duplicate, or one not found: the full unit decides
+        for attempt in range(2):
+            try:
+                accepted = await db.write(_accept(user_id, frame, current))
+                break
+            except IntegrityError as e:
+                # Another process committed the same client_id between our check and our insert:
+                # the second pass finds it as a duplicate.
+                if attempt == 1 or frame.client_id is None:
+                    raise DatabaseUnavailable(str(e)) from e
+    assert accepted is not None
     if not accepted.duplicate:
         message = accepted.message
         log.info("committed user message %s (conversation %s, user %s, client_id %s)",
                  message.id, message.conversation_id, user_id, frame.client_id)
     return accepted
+
+
+async def _append_to_conversation(db: Database, user_id: str, frame: MessageFrame,
+                                  current: str | None) -> Accepted | None:
+    """The common case in one statement: a new message to a conversation the user has."""
+    conversation_id = frame.conversation_id if frame.conversation_id is not ABSENT else current
+    if conversation_id is None:
+        return None
+
+    def work(store: Store) -> Message | None:
+        return store.append_message(
+            message_id=new_id(), conversation_id=conversation_id, user_id=user_id, role="user",
+            content=frame.content, status="complete", client_id=frame.client_id, reply_to=None, now=utcnow())
+
+    try:
+        message = await db.write_statement(work)
+    except IntegrityError:  # the same client_id committed by another socket just now
+        return None
+    return None if message is None else Accepted(message, duplicate=False)
 
 
 def _accept(user_id: str, frame: MessageFrame, current: str | None) -> Callable[[Store], Accepted]:
@@ -90,17 +112,13 @@ async def store_reply(db: Database, user_id: str, reply_to: Message, reply_id: s
                       status: str, meta: ReplyMeta) -> Message | None:
     """Commit the assistant's reply; None when its conversation was deleted meanwhile."""
     def work(store: Store) -> Message | None:
-        seq = store.next_seq(reply_to.conversation_id, user_id, utcnow())
-        if seq is None:
-            return None
-        return store.add_message(
-            message_id=reply_id, conversation_id=reply_to.conversation_id, user_id=user_id, seq=seq,
-            role="assistant", content=content, status=status, client_id=None, reply_to=reply_to.id,
-            now=utcnow(), stats=meta)
+        return store.append_message(
+            message_id=reply_id, conversation_id=reply_to.conversation_id, user_id=user_id, role="assistant",
+            content=content, status=status, client_id=None, reply_to=reply_to.id, now=utcnow(), stats=meta)
 
     for attempt in range(STORE_ATTEMPTS):
         try:
-            reply = await db.write(work)
+            reply = await db.write_statement(work)
             break
         except DatabaseUnavailable:
             if attempt == STORE_ATTEMPTS - 1:

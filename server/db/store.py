@@ -7,12 +7,13 @@ a message to store another one.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, literal_column, select, text, update
+from sqlalchemy import bindparam, delete, exists, insert, literal_column, select, text, update
 from sqlalchemy.engine import Connection
 
 from server.db.schema import conversations, messages, server_secrets
@@ -124,6 +125,48 @@ _SEQ_OF = select(messages.c.seq).where(messages.c.id == _p("p_message"),
                                        messages.c.conversation_id == _p("p_conversation"))
 
 
+def _append_message_statement() -> Any:
+    """PostgreSQL: take the conversation's next seq and insert the message in one statement.
+
+    Sent on its own it is its own transaction: one round trip instead of BEGIN, SELECT, UPDATE,
+    INSERT, COMMIT. The UPDATE matches no row, so nothing is inserted, when the conversation is
+    not the user's or the client_id was used before (a NULL client_id never matches).
+    """
+    # Parameters are named p_<column>: a key named like a column of `conversations` would be
+    # added to the UPDATE's SET clause by SQLAlchemy.
+    m = messages.c
+    client_id_used = exists().where(m.user_id == _p("p_user_id"), m.client_id == _p("p_client_id"))
+    next_seq = (
+        update(conversations)
+        .where(conversations.c.id == _p("p_conversation_id"), conversations.c.user_id == _p("p_user_id"),
+               ~client_id_used)
+        .values(last_seq=conversations.c.last_seq + 1, updated_at=_p("p_created_at"))
+        .returning(conversations.c.last_seq)
+        .cte("next_seq"))
+    columns = [*MESSAGE_COLUMNS, m.user_id]
+    # Typed parameters, so that asyncpg is told each one's type in the SELECT list.
+    values = [next_seq.c.last_seq if c is m.seq else _p(f"p_{c.name}", type_=c.type) for c in columns]
+    return insert(messages).from_select([c.name for c in columns], select(*values)).returning(m.seq)
+
+
+_APPEND_MESSAGE = _append_message_statement()
+
+
+def _meta_fields(stats: ReplyMeta | None) -> tuple[str | None, int | None, int | None, int | None, str | None]:
+    meta = stats or ReplyMeta()
+    return meta.model, meta.prompt_tokens, meta.completion_tokens, meta.first_token_ms, meta.error
+
+
+def _row(message: Message, user_id: str) -> dict[str, Any]:
+    """The parameters of an INSERT of `message` (and of _APPEND_MESSAGE)."""
+    return {"id": message.id, "conversation_id": message.conversation_id, "user_id": user_id, "seq": message.seq,
+            "role": message.role, "content": message.content, "status": message.status,
+            "client_id": message.client_id, "reply_to": message.reply_to, "created_at": message.created_at,
+            "model": message.model, "prompt_tokens": message.prompt_tokens,
+            "completion_tokens": message.completion_tokens, "first_token_ms": message.first_token_ms,
+            "error": message.error}
+
+
 class NotFound(Exception):
     """No such conversation for this user (someone else's looks the same)."""
 
@@ -176,17 +219,34 @@ class Store:
 
     # -- messages -------------------------------------------------------------------------------
     def add_message(self, *, message_id: str, conversation_id: str, user_id: str, seq: int, role: str,
-                          content: str, status: str, client_id: str | None, reply_to: str | None,
-                          now: datetime, stats: ReplyMeta | None = None) -> Message:
-        meta = stats or ReplyMeta()
-        self.conn.execute(_INSERT_MESSAGE, {
-            "id": message_id, "conversation_id": conversation_id, "user_id": user_id, "seq": seq, "role": role,
-            "content": content, "status": status, "client_id": client_id, "reply_to": reply_to,
-            "created_at": now, "model": meta.model, "prompt_tokens": meta.prompt_tokens,
-            "completion_tokens": meta.completion_tokens, "first_token_ms": meta.first_token_ms,
-            "error": meta.error})
-        return Message(message_id, conversation_id, seq, role, content, status, client_id, reply_to, now,
-                       meta.model, meta.prompt_tokens, meta.completion_tokens, meta.first_token_ms, meta.error)
+                    content: str, status: str, client_id: str | None, reply_to: str | None,
+                    now: datetime, stats: ReplyMeta | None = None) -> Message:
+        message = Message(message_id, conversation_id, seq, role, content, status, client_id, reply_to, now,
+                          *_meta_fields(stats))
+        self.conn.execute(_INSERT_MESSAGE, _row(message, user_id))
+        return message
+
+    def append_message(self, *, message_id: str, conversation_id: str, user_id: str, role: str, content: str,
+                       status: str, client_id: str | None, reply_to: str | None, now: datetime,
+                       stats: ReplyMeta | None = None) -> Message | None:
+        """Append a message at the conversation's next seq. None, and nothing written, when the
+        conversation is not this user's (or is gone) or `client_id` was used before.
+
+        One statement on PostgreSQL, so `Database.write_statement` can send it without a
+        transaction around it. SQLite cannot update in a CTE: there the same steps run one by one,
+        in the writer's transaction."""
+        message = Message(message_id, conversation_id, 0, role, content, status, client_id, reply_to, now,
+                          *_meta_fields(stats))
+        row = _row(message, user_id)
+        if self.conn.dialect.name == "postgresql":
+            seq = self.conn.execute(_APPEND_MESSAGE, {f"p_{k}": v for k, v in row.items()}).scalar()
+        else:
+            if client_id is not None and self.by_client_id(user_id, client_id) is not None:
+                return None
+            seq = self.next_seq(conversation_id, user_id, now)
+            if seq is not None:
+                self.conn.execute(_INSERT_MESSAGE, {**row, "seq": seq})
+        return None if seq is None else dataclasses.replace(message, seq=seq)
 
     def by_client_id(self, user_id: str, client_id: str) -> Message | None:
         row = self.conn.execute(_BY_CLIENT_ID, {"p_user": user_id, "p_client": client_id}).first()

@@ -1,0 +1,120 @@
+"""Store.append_message on the real databases: the turn path's one-statement write.
+
+On PostgreSQL it is a single statement sent without a transaction around it, so any mistake in it
+(a wrong row updated, a check that lets a duplicate through) would be committed at once. These
+tests read the tables back after each call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import select
+from support.client import aio
+
+from server.config import Settings
+from server.db.engine import make_engine
+from server.db.migrate import upgrade_to_head
+from server.db.schema import conversations, messages
+from server.db.sqlite_writer import SqliteWriter
+from server.db.store import ReplyMeta, Store, new_id, utcnow
+from server.db.uow import Database
+
+
+@pytest.fixture
+def database_url(db: str, databases) -> str:  # type: ignore[no-untyped-def]
+    return databases.url(db)
+
+
+@contextlib.asynccontextmanager
+async def open_database(url: str) -> AsyncIterator[Database]:
+    """The server's own Database (the SQLite writer included) on a migrated fresh database."""
+    settings = Settings(database_url=url)
+    await upgrade_to_head(settings)
+    writer = SqliteWriter(settings) if settings.is_sqlite else None
+    if writer is not None:
+        await writer.start()
+    database = Database(make_engine(settings), writer)
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+async def _conversation(database: Database, user_id: str) -> str:
+    def work(store: Store) -> str:
+        conversation_id = store.create_conversation(user_id, "first", utcnow())
+        store.add_message(message_id=new_id(), conversation_id=conversation_id, user_id=user_id, seq=1,
+                          role="user", content="first", status="complete", client_id="c-1", reply_to=None,
+                          now=utcnow())
+        return conversation_id
+
+    return await database.write(work)
+
+
+async def _append(database: Database, conversation_id: str, user_id: str, client_id: str | None = None,
+                  role: str = "user", stats: ReplyMeta | None = None):  # type: ignore[no-untyped-def]
+    message_id = new_id()
+    return message_id, await database.write_statement(lambda store: store.append_message(
+        message_id=message_id, conversation_id=conversation_id, user_id=user_id, role=role,
+        content=f"text of {message_id}", status="complete", client_id=client_id, reply_to=None,
+        now=utcnow(), stats=stats))
+
+
+async def _rows(database: Database):  # type: ignore[no-untyped-def]
+    def work(store: Store):  # type: ignore[no-untyped-def]
+        convs = store.conn.execute(select(conversations).order_by(conversations.c.id)).mappings().all()
+        msgs = store.conn.execute(
+            select(messages).order_by(messages.c.conversation_id, messages.c.seq)).mappings().all()
+        return [dict(r) for r in convs], [dict(r) for r in msgs]
+
+    return await database.read(work)
+
+
+@aio
+async def test_append_takes_the_next_seq_and_leaves_the_conversation_row_whole(database_url):
+    async with open_database(database_url) as database:
+        conversation_id = await _conversation(database, "alice")
+        convs_before, _ = await _rows(database)
+        _, first = await _append(database, conversation_id, "alice", client_id="c-2")
+        reply_id, reply = await _append(database, conversation_id, "alice", role="assistant",
+                                        stats=ReplyMeta(model="m", prompt_tokens=3, completion_tokens=4,
+                                                        first_token_ms=5))
+        assert (first.seq, reply.seq) == (2, 3)
+        convs, msgs = await _rows(database)
+        assert len(convs) == 1
+        before, after = convs_before[0], convs[0]
+        assert {k: after[k] for k in ("id", "user_id", "title", "created_at")} == \
+            {k: before[k] for k in ("id", "user_id", "title", "created_at")}
+        assert after["last_seq"] == 3 and after["updated_at"] >= before["updated_at"]
+        assert [(m["seq"], m["role"], m["client_id"], m["user_id"]) for m in msgs] == [
+            (1, "user", "c-1", "alice"), (2, "user", "c-2", "alice"), (3, "assistant", None, "alice")]
+        stored = msgs[2]
+        assert stored["id"] == reply_id and stored["content"] == f"text of {reply_id}"
+        assert (stored["model"], stored["prompt_tokens"], stored["completion_tokens"], stored["first_token_ms"]) == \
+            ("m", 3, 4, 5)
+        assert reply.id == reply_id and reply.conversation_id == conversation_id
+
+
+@aio
+async def test_append_writes_nothing_for_a_foreign_or_unknown_conversation_or_a_used_client_id(database_url):
+    async with open_database(database_url) as database:
+        conversation_id = await _conversation(database, "alice")
+        before = await _rows(database)
+        assert (await _append(database, conversation_id, "mallory", client_id="m-1"))[1] is None
+        assert (await _append(database, new_id(), "alice", client_id="c-9"))[1] is None
+        assert (await _append(database, conversation_id, "alice", client_id="c-1"))[1] is None  # used by seq 1
+        assert await _rows(database) == before
+
+
+@aio
+async def test_a_client_id_is_per_user(database_url):
+    async with open_database(database_url) as database:
+        alice = await _conversation(database, "alice")
+        bob = await _conversation(database, "bob")
+        _, message = await _append(database, bob, "bob", client_id="c-1b")
+        assert message is not None and message.seq == 2
+        _, again = await _append(database, alice, "alice", client_id="c-1b")
+        assert again is not None and again.seq == 2
