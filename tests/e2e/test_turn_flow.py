@@ -457,3 +457,32 @@ async def test_a_client_that_stops_reading_is_cut_off_and_its_reply_stored_inter
         await fresh.complete("are you still there")
     finally:
         await fresh.close()
+
+
+@pytest.fixture
+def sqlite_server(session_servers):
+    return session_servers("sqlite")
+
+
+@aio
+async def test_a_client_that_pauses_reading_gets_every_reply_once_it_reads_again(sqlite_server):
+    # The same volume as above fills the buffers, so the server waits for the transport to drain
+    # (uvicorn's pause_writing); reading again must wake every waiting send (resume_writing).
+    srv = sqlite_server
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", srv.port))
+    ws = await connect(srv.ws_url, sock=s, max_size=None, ping_interval=None, close_timeout=1, compression=None)
+    try:
+        ready = json.loads(await asyncio.wait_for(ws.recv(), 15))
+        contents = [big_content(i) for i in range(9)]
+        for content in contents:
+            await ws.send(json.dumps({"type": "message", "content": content}))
+        await asyncio.sleep(2)  # well under CHAT_SEND_TIMEOUT_S (10 s)
+        client = Client(ws, ready)
+        for content in contents:
+            turn = await client.collect(timeout=60)
+            assert turn.done is not None and turn.done["status"] == "complete", turn.types()[-3:]
+            assert turn.done["content"] == turn.text == echo(content)
+    finally:
+        ws.transport.abort()
