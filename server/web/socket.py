@@ -30,8 +30,7 @@ class Incoming:
 
 
 class Socket:
-    def __init__(self, scope: Scope, receive: Any, send: Any, send_timeout_s: float):
-        self.scope = scope
+    def __init__(self, receive: Any, send: Any, send_timeout_s: float):
         self._receive = receive
         self._send = send
         self._send_timeout_s = send_timeout_s

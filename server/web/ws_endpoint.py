@@ -33,7 +33,7 @@ def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> 
 
 
 async def handle_socket(scope: Scope, receive, send, svc: Services) -> None:  # type: ignore[no-untyped-def]
-    sock = Socket(scope, receive, send, svc.settings.send_timeout_s)
+    sock = Socket(receive, send, svc.settings.send_timeout_s)
     if not await sock.wait_connect():
         return
     if svc.hub.shutting_down:
@@ -55,8 +55,11 @@ async def handle_socket(scope: Scope, receive, send, svc: Services) -> None:  # 
         await sock.accept()  # a close code needs an accepted socket; nothing else is sent
         await sock.close(CloseCode.TRY_AGAIN_LATER, "too many sockets for this user")
         return
+    conversation_id = (query.get("conversation_id") or [None])[0] or None
+    # The handshake has read all it needs from the headers, but the scope lives as long as the
+    # socket (uvicorn and the frames above hold it): about 1 KiB per idle socket.
+    scope["headers"] = []
     try:
-        conversation_id = (query.get("conversation_id") or [None])[0] or None
         await ChatConnection(sock, svc, identity).serve(conversation_id)
     finally:
         svc.limits.close_socket(identity.user_id)
