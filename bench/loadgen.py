@@ -96,10 +96,10 @@ async def recv_frame(ws: ClientConnection) -> dict[str, Any]:
     return frame
 
 
-async def open_socket(url: str, timeout: float, gate: asyncio.Semaphore) -> ClientConnection:
+async def open_socket(url: str, timeout: float, gate: asyncio.Semaphore, deflate: bool) -> ClientConnection:
     """Connect and wait for `ready`; raise on anything else."""
     async with gate:
-        ws = await connect(url, ping_interval=None, max_size=None, compression=None,
+        ws = await connect(url, ping_interval=None, max_size=None, compression="deflate" if deflate else None,
                            open_timeout=timeout)
     try:
         frame = await asyncio.wait_for(recv_frame(ws), timeout)
@@ -111,11 +111,11 @@ async def open_socket(url: str, timeout: float, gate: asyncio.Semaphore) -> Clie
         raise
 
 
-async def open_all(url: str, n: int, timeout: float, stats: Stats,
-                   failed_weight: int) -> list[ClientConnection]:
+async def open_all(url: str, n: int, timeout: float, stats: Stats, failed_weight: int,
+                   deflate: bool) -> list[ClientConnection]:
     """Open n sockets; each one that fails counts failed_weight failures."""
     gate = asyncio.Semaphore(HANDSHAKE_CONCURRENCY)
-    results = await asyncio.gather(*(open_socket(url, timeout, gate) for _ in range(n)),
+    results = await asyncio.gather(*(open_socket(url, timeout, gate, deflate) for _ in range(n)),
                                    return_exceptions=True)
     sockets = []
     for r in results:
@@ -195,7 +195,7 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 
 async def load_mode(args: argparse.Namespace) -> dict[str, Any]:
     stats = Stats()
-    sockets = await open_all(args.url, args.sockets, args.timeout, stats, args.turns)
+    sockets = await open_all(args.url, args.sockets, args.timeout, stats, args.turns, args.deflate)
     cpu0 = cpu_seconds(args.pid) if args.pid else None
     rss0 = rss_kib(args.pid) if args.pid else None
     run_id = uuid.uuid4().hex[:8]
@@ -223,7 +223,7 @@ async def load_mode(args: argparse.Namespace) -> dict[str, Any]:
 async def idle_mode(args: argparse.Namespace) -> dict[str, Any]:
     stats = Stats()
     rss0 = rss_kib(args.pid) if args.pid else None
-    sockets = await open_all(args.url, args.idle, args.timeout, stats, 1)
+    sockets = await open_all(args.url, args.idle, args.timeout, stats, 1, args.deflate)
     await asyncio.sleep(IDLE_HOLD_S)
     rss1 = rss_kib(args.pid) if args.pid else None
     await close_all(sockets)
@@ -264,6 +264,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--words", type=int, default=20, help="words per message (plus a tag)")
     p.add_argument("--idle", type=int, metavar="N", help="idle mode: hold N sockets")
     p.add_argument("--pid", type=int, help="server process id, for CPU and RSS")
+    p.add_argument("--deflate", action="store_true",
+                   help="offer permessage-deflate, as browsers do (default: off, as the ceiling runs)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per turn / connect")
     return p.parse_args(argv)
