@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import jwt
 
+from server.protocol.frames import storable
+
 ALGORITHM = "HS256"
 LEEWAY_S = 30
 OPEN_MODE_SECRET_NAME = "open_mode_jwt_secret"
@@ -52,6 +54,8 @@ class Authenticator:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > 255:
             raise AuthError("invalid token: sub must be a non-empty string")
+        if not storable(sub):
+            raise AuthError("invalid token: sub holds a NUL character or a lone surrogate")
         exp = claims.get("exp")
         return Identity(sub, float(exp) if isinstance(exp, int | float) else None)
 

@@ -98,6 +98,8 @@ class ChatConnection:
     async def _resolve_start(self, requested: str | None) -> dict[str, Any] | None:
         if requested is None:
             return None
+        if not frames.storable(requested):
+            return frames.error(ErrorCode.NOT_FOUND, frames.NO_SUCH_CONVERSATION)
         try:
             owned = await self.svc.db.read(lambda store: store.owns_conversation(requested, self.user_id))
         except DatabaseUnavailable:
@@ -105,7 +107,7 @@ class ChatConnection:
         if owned:
             self.conversation_id = requested
             return None
-        return frames.error(ErrorCode.NOT_FOUND, "no such conversation")
+        return frames.error(ErrorCode.NOT_FOUND, frames.NO_SUCH_CONVERSATION)
 
     # -- reading -------------------------------------------------------------------------------
     async def _read(self) -> None:
@@ -172,9 +174,9 @@ class ChatConnection:
             page, has_more = await self.svc.db.read(
                 lambda store: store.history(frame.conversation_id, self.user_id, frame.before, frame.limit))
         except NotFound:
-            return frames.error(ErrorCode.NOT_FOUND, "no such conversation")
+            return frames.error(ErrorCode.NOT_FOUND, frames.NO_SUCH_CONVERSATION)
         except InvalidBefore:
-            return frames.error(ErrorCode.INVALID, "before is not a message of this conversation")
+            return frames.error(ErrorCode.INVALID, frames.INVALID_BEFORE)
         except DatabaseUnavailable:
             return frames.error(ErrorCode.UNAVAILABLE, "the database is unavailable; try again")
         return {"type": "history", "conversation_id": frame.conversation_id,
@@ -202,7 +204,7 @@ class ChatConnection:
         try:
             accepted = await accept_message(self.svc.db, self.user_id, frame, self.conversation_id)
         except ConversationNotFound:
-            await self._refuse(FrameError(ErrorCode.NOT_FOUND, "no such conversation", frame.client_id))
+            await self._refuse(FrameError(ErrorCode.NOT_FOUND, frames.NO_SUCH_CONVERSATION, frame.client_id))
             return
         except DatabaseUnavailable:
             log.warning("user message not stored: database unavailable (user %s)", self.user_id, exc_info=True)

@@ -16,6 +16,14 @@ MAX_CLIENT_ID = 64
 MAX_HISTORY_LIMIT = 200
 DEFAULT_HISTORY_LIMIT = 50
 _BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
+NO_SUCH_CONVERSATION = "no such conversation"
+INVALID_BEFORE = "before is not a message of this conversation"
+
+
+def storable(text: str) -> bool:
+    """Neither database takes a NUL character or a lone surrogate (valid JSON can carry both).
+    An id holding one cannot name anything stored, and must not reach a query."""
+    return _BAD_CHARS.search(text) is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +94,14 @@ def _message(obj: dict[str, Any], max_chars: int) -> MessageFrame:
             raise FrameError(ErrorCode.INVALID, "client_id must be a string")
         if not 1 <= len(client_id) <= MAX_CLIENT_ID:
             raise FrameError(ErrorCode.INVALID, f"client_id must be 1 to {MAX_CLIENT_ID} characters", echo_id)
+        if not storable(client_id):
+            raise FrameError(ErrorCode.INVALID, "client_id holds a NUL character or a lone surrogate", echo_id)
     conversation_id = obj.get("conversation_id", ABSENT)
-    if conversation_id is not ABSENT and conversation_id is not None and not isinstance(conversation_id, str):
-        raise FrameError(ErrorCode.INVALID, "conversation_id must be a string or null", echo_id)
+    if conversation_id is not ABSENT and conversation_id is not None:
+        if not isinstance(conversation_id, str):
+            raise FrameError(ErrorCode.INVALID, "conversation_id must be a string or null", echo_id)
+        if not storable(conversation_id):
+            raise FrameError(ErrorCode.NOT_FOUND, NO_SUCH_CONVERSATION, echo_id)
     if "content" not in obj:
         raise FrameError(ErrorCode.INVALID, "message needs a string field 'content'", echo_id)
     return MessageFrame(_content(obj["content"], max_chars, echo_id), conversation_id, client_id)
@@ -102,7 +115,7 @@ def _content(content: Any, max_chars: int, client_id: str | None) -> str:
                          f"content is {len(content)} characters; the limit is {max_chars}", client_id)
     if not content.strip():
         raise FrameError(ErrorCode.INVALID, "content is empty", client_id)
-    if _BAD_CHARS.search(content):
+    if not storable(content):
         raise FrameError(ErrorCode.INVALID, "content holds a NUL character or a lone surrogate", client_id)
     return content
 
@@ -111,9 +124,13 @@ def _history(obj: dict[str, Any]) -> HistoryFrame:
     conversation_id = obj.get("conversation_id")
     if not isinstance(conversation_id, str):
         raise FrameError(ErrorCode.INVALID, "history needs a string field 'conversation_id'")
+    if not storable(conversation_id):
+        raise FrameError(ErrorCode.NOT_FOUND, NO_SUCH_CONVERSATION)
     before = obj.get("before")
     if before is not None and not isinstance(before, str):
         raise FrameError(ErrorCode.INVALID, "before must be a message id (a string)")
+    if before is not None and not storable(before):
+        raise FrameError(ErrorCode.INVALID, INVALID_BEFORE)
     limit = obj.get("limit", DEFAULT_HISTORY_LIMIT)
     if limit is None:
         limit = DEFAULT_HISTORY_LIMIT
@@ -124,7 +141,11 @@ def _history(obj: dict[str, Any]) -> HistoryFrame:
 
 # -- server frames ---------------------------------------------------------------------------------
 def encode(frame: dict[str, Any]) -> str:
-    return orjson.dumps(frame).decode()
+    try:
+        return orjson.dumps(frame).decode()
+    except orjson.JSONEncodeError:
+        # A lone surrogate, echoed in an error's client_id: escaped (\udfff), as the client sent it.
+        return json.dumps(frame, separators=(",", ":"))
 
 
 def error(code: ErrorCode, detail: str, client_id: str | None = None) -> dict[str, Any]:

@@ -12,7 +12,13 @@ from server.auth import AuthError, Identity, bearer_token
 from server.chat.services import Services
 from server.db.store import InvalidBefore, NotFound
 from server.db.uow import DatabaseUnavailable
-from server.protocol.frames import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT
+from server.protocol.frames import (
+    DEFAULT_HISTORY_LIMIT,
+    INVALID_BEFORE,
+    MAX_HISTORY_LIMIT,
+    NO_SUCH_CONVERSATION,
+    storable,
+)
 from server.web.static import STATIC_DIR
 
 router = APIRouter()
@@ -34,7 +40,6 @@ def identity(request: Request, svc: Annotated[Services, Depends(services)]) -> I
 
 Svc = Annotated[Services, Depends(services)]
 User = Annotated[Identity, Depends(identity)]
-NOT_FOUND = "no such conversation"
 
 
 def unavailable() -> HTTPException:
@@ -53,12 +58,16 @@ async def list_conversations(svc: Svc, user: User) -> dict[str, Any]:
 async def list_messages(conversation_id: str, svc: Svc, user: User, before: str | None = None,
                         limit: Annotated[int, Query(ge=1, le=MAX_HISTORY_LIMIT)] = DEFAULT_HISTORY_LIMIT,
                         ) -> dict[str, Any]:
+    if not storable(conversation_id):  # a NUL (%00) cannot name anything stored
+        raise HTTPException(404, NO_SUCH_CONVERSATION)
+    if before is not None and not storable(before):
+        raise HTTPException(400, INVALID_BEFORE)
     try:
         page, has_more = await svc.db.read(lambda store: store.history(conversation_id, user.user_id, before, limit))
     except NotFound:
-        raise HTTPException(404, NOT_FOUND) from None
+        raise HTTPException(404, NO_SUCH_CONVERSATION) from None
     except InvalidBefore:
-        raise HTTPException(400, "before is not a message of this conversation") from None
+        raise HTTPException(400, INVALID_BEFORE) from None
     except DatabaseUnavailable:
         raise unavailable() from None
     return {"conversation_id": conversation_id, "messages": [m.to_wire() for m in page], "has_more": has_more}
@@ -66,12 +75,14 @@ async def list_messages(conversation_id: str, svc: Svc, user: User, before: str 
 
 @router.delete("/api/conversations/{conversation_id}", status_code=204)
 async def delete_conversation(conversation_id: str, svc: Svc, user: User) -> Response:
+    if not storable(conversation_id):
+        raise HTTPException(404, NO_SUCH_CONVERSATION)
     try:
         deleted = await svc.db.write(lambda store: store.delete_conversation(conversation_id, user.user_id))
     except DatabaseUnavailable:
         raise unavailable() from None
     if not deleted:
-        raise HTTPException(404, NOT_FOUND)
+        raise HTTPException(404, NO_SUCH_CONVERSATION)
     svc.hub.stop_conversation(conversation_id, "deleted")
     return Response(status_code=204)
 

@@ -413,6 +413,59 @@ async def test_history_of_unknown_or_foreign_conversation_is_not_found_alike(ser
         await owner.close()
 
 
+# -- ids holding what no database can hold ---------------------------------------------------------------
+# Valid JSON can carry a NUL ("\u0000") or a lone surrogate ("\udfff"); neither database can store
+# or look up either. Such an id is refused before it reaches a query, with the answer its field gets.
+UNSTORABLE = {"NUL": r"a\u0000b", "lone surrogate": r"x\udfff"}
+
+
+@pytest.mark.parametrize("escaped", list(UNSTORABLE.values()), ids=list(UNSTORABLE))
+@aio
+async def test_client_id_no_database_can_hold_is_invalid_and_repeated(server, escaped):
+    c = await Client.open(server)
+    try:
+        for fragment in ('"content":"hi"', '"conversation_id":null'):  # with content, and without
+            await c.send(f'{{"type":"message","client_id":"{escaped}",{fragment}}}')
+            err = await c.expect_error("invalid")
+            assert err["client_id"] == json.loads(f'"{escaped}"'), err  # repeated exactly, escaped
+        await good_turn_is_all_that_is_stored(c, server)
+    finally:
+        await c.close()
+
+
+@pytest.mark.parametrize("escaped", list(UNSTORABLE.values()), ids=list(UNSTORABLE))
+@aio
+async def test_conversation_or_message_id_no_database_can_hold_is_not_found_or_invalid(server, escaped):
+    c = await Client.open(server)
+    try:
+        first = await c.complete("first")
+        conv = first.ack["conversation_id"]
+        k = cid()
+        await c.send(message_frame(f'"content":"hi","conversation_id":"{escaped}"', client_id=k))
+        assert (await c.expect_error("not_found"))["client_id"] == k
+        await c.send(f'{{"type":"history","conversation_id":"{escaped}"}}')
+        await c.expect_error("not_found")
+        await c.send(f'{{"type":"history","conversation_id":"{conv}","before":"{escaped}"}}')
+        await c.expect_error("invalid")
+        second = await c.complete("second", client_id=k)  # the refused message did not use up k
+        assert second.ack["conversation_id"] == conv and second.done["status"] == "complete"
+        assert stored(server, c.token) == [[("user", "first"), ("assistant", "You said: first"),
+                                            ("user", "second"), ("assistant", "You said: second")]]
+    finally:
+        await c.close()
+
+
+@aio
+async def test_connecting_to_a_conversation_id_holding_a_nul_is_not_found(server):
+    c = await Client.open(server, conversation_id="a%00b")
+    try:
+        assert c.ready["conversation_id"] is None
+        await c.expect_error("not_found")
+        await good_turn_is_all_that_is_stored(c, server)
+    finally:
+        await c.close()
+
+
 # -- history arguments ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("limit", [0, -1, 201, 10**20, "x", "10", True, False, 1.5, [5]],
                          ids=["0", "-1", "201", "huge", "x", "string 10", "true", "false", "1.5", "list"])

@@ -226,6 +226,22 @@ async def test_before_that_is_not_a_message_of_the_conversation_is_400_or_422(se
         await owner.close()
 
 
+@aio
+async def test_ids_holding_a_nul_are_404_and_400_not_a_database_error(server):
+    # %00 decodes to a NUL, which neither database can hold or look up (PostgreSQL refuses it).
+    c = await Client.open(server)
+    try:
+        conv = (await c.complete("kept")).ack["conversation_id"]
+        rest = Rest(server, c.token)
+        assert rest.http.get("/api/conversations/a%00b/messages").status_code == 404
+        assert rest.http.delete("/api/conversations/a%00b").status_code == 404
+        r = rest.http.get(f"/api/conversations/{conv}/messages?before=a%00b")
+        assert r.status_code == 400, r.text
+        assert [m["content"] for m in rest.all_messages(conv)] == ["kept", "You said: kept"]
+    finally:
+        await c.close()
+
+
 # -- someone else's conversation ---------------------------------------------------------------------------
 @aio
 async def test_someone_elses_conversation_is_404_like_an_unknown_one(server):

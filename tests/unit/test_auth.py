@@ -98,6 +98,8 @@ BAD_TOKENS = {
     "integer sub": lambda a: signed({"sub": 42}),
     "list sub": lambda a: signed({"sub": ["u"]}),
     "object sub": lambda a: signed({"sub": {"id": "u"}}),
+    "sub holding a NUL": lambda a: signed({"sub": "u\x00v"}),
+    "sub holding a lone surrogate": lambda a: signed({"sub": "u\udfff"}),
     "sub longer than a user id column": lambda a: signed({"sub": "x" * 256}),
     "garbage": lambda a: "not a token",
     "empty segments": lambda a: "..",

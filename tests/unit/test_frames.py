@@ -23,6 +23,7 @@ from server.protocol.frames import (
     encode,
     error,
     parse,
+    storable,
 )
 
 LIMIT = 100
@@ -253,3 +254,43 @@ def test_encoded_error_is_compact_json_with_the_wire_code(code):
 def test_error_codes_are_the_wire_names():
     assert sorted(c.value for c in ErrorCode) == sorted(
         ["invalid", "too_large", "not_found", "busy", "rate_limited", "unavailable", "internal"])
+
+
+# -- ids no database can hold ---------------------------------------------------------------------------
+UNSTORABLE_IDS = {"NUL": r"a\u0000b", "lone high surrogate": r"\ud800", "lone low surrogate": r"x\udfff"}
+
+
+@pytest.mark.parametrize("escaped", UNSTORABLE_IDS.values(), ids=UNSTORABLE_IDS.keys())
+def test_client_id_holding_nul_or_lone_surrogate_is_invalid_and_echoed(escaped):
+    with pytest.raises(FrameError) as e:
+        parse(f'{{"type":"message","content":"hi","client_id":"{escaped}"}}', LIMIT)
+    assert e.value.code is ErrorCode.INVALID and e.value.client_id == json.loads(f'"{escaped}"')
+
+
+@pytest.mark.parametrize("escaped", UNSTORABLE_IDS.values(), ids=UNSTORABLE_IDS.keys())
+def test_conversation_id_holding_nul_or_lone_surrogate_is_not_found(escaped):
+    with pytest.raises(FrameError) as e:
+        parse(f'{{"type":"message","content":"hi","client_id":"k","conversation_id":"{escaped}"}}', LIMIT)
+    assert e.value.code is ErrorCode.NOT_FOUND and e.value.client_id == "k"
+    with pytest.raises(FrameError) as e:
+        parse(f'{{"type":"history","conversation_id":"{escaped}"}}', LIMIT)
+    assert e.value.code is ErrorCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("escaped", UNSTORABLE_IDS.values(), ids=UNSTORABLE_IDS.keys())
+def test_history_before_holding_nul_or_lone_surrogate_is_invalid(escaped):
+    with pytest.raises(FrameError) as e:
+        parse(f'{{"type":"history","conversation_id":"c","before":"{escaped}"}}', LIMIT)
+    assert e.value.code is ErrorCode.INVALID
+
+
+def test_storable_refuses_only_nul_and_lone_surrogates():
+    assert storable("ключ 🙂 \u2028 é")
+    assert not storable("a\x00") and not storable("\ud800") and not storable("x\udfffy")
+
+
+def test_error_repeating_a_lone_surrogate_client_id_is_still_json_that_round_trips():
+    client_id = json.loads(r'"x\udfff"')
+    text = encode(error(ErrorCode.INVALID, "bad", client_id))
+    text.encode("utf-8")  # sendable as a text frame: the surrogate is escaped, not raw
+    assert json.loads(text)["client_id"] == client_id
