@@ -1,8 +1,8 @@
 """The repository: every statement the server runs, on a connection a unit of work owns.
 
 Plain synchronous SQLAlchemy Core: the SQLite writer thread runs it directly, everything else
-through `AsyncConnection.run_sync` (see uow.py). It never commits, and never deletes or rewrites
-a message to store another one.
+inside one hop into SQLAlchemy's greenlet (see uow.py). It never commits, and never deletes or
+rewrites a message to store another one.
 """
 
 from __future__ import annotations
