@@ -415,20 +415,28 @@ def impatient_server(db, make_server):
     return make_server(db, CHAT_SEND_TIMEOUT_S=1, CHAT_ECHO_DELAY_MS=0)
 
 
-@aio
-async def test_a_client_that_stops_reading_is_cut_off_and_its_reply_stored_interrupted(impatient_server):
-    srv = impatient_server
+async def ask_for_more_than_the_buffers_hold(srv):  # type: ignore[no-untyped-def]
+    """A socket with a tiny receive buffer that sends nine messages whose replies are ~1 MB each:
+    the server's sends soon wait on the transport. Returns the socket, its ready frame and the
+    contents sent."""
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect(("127.0.0.1", srv.port))
     # No permessage-deflate: compressed, the repetitive deltas would be too small to fill the buffers.
     ws = await connect(srv.ws_url, sock=s, max_size=None, ping_interval=None, close_timeout=1, compression=None)
+    ready = json.loads(await asyncio.wait_for(ws.recv(), 15))
+    assert ready["type"] == "ready"
+    contents = [big_content(i) for i in range(9)]
+    for content in contents:
+        await ws.send(json.dumps({"type": "message", "content": content}))
+    return ws, ready, contents
+
+
+@aio
+async def test_a_client_that_stops_reading_is_cut_off_and_its_reply_stored_interrupted(impatient_server):
+    srv = impatient_server
+    ws, ready, contents = await ask_for_more_than_the_buffers_hold(srv)
     try:
-        ready = json.loads(await asyncio.wait_for(ws.recv(), 15))
-        assert ready["type"] == "ready"
-        contents = [big_content(i) for i in range(9)]
-        for content in contents:
-            await ws.send(json.dumps({"type": "message", "content": content}))
         # From here on the client reads nothing; only the server can end this.
         open_sockets = await poll(lambda: srv.metric("chat_sockets_open"), lambda n: n == 0,
                                   timeout=30, interval=0.25)
@@ -468,16 +476,8 @@ def sqlite_server(session_servers):
 async def test_a_client_that_pauses_reading_gets_every_reply_once_it_reads_again(sqlite_server):
     # The same volume as above fills the buffers, so the server waits for the transport to drain
     # (uvicorn's pause_writing); reading again must wake every waiting send (resume_writing).
-    srv = sqlite_server
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(("127.0.0.1", srv.port))
-    ws = await connect(srv.ws_url, sock=s, max_size=None, ping_interval=None, close_timeout=1, compression=None)
+    ws, ready, contents = await ask_for_more_than_the_buffers_hold(sqlite_server)
     try:
-        ready = json.loads(await asyncio.wait_for(ws.recv(), 15))
-        contents = [big_content(i) for i in range(9)]
-        for content in contents:
-            await ws.send(json.dumps({"type": "message", "content": content}))
         await asyncio.sleep(2)  # well under CHAT_SEND_TIMEOUT_S (10 s)
         client = Client(ws, ready)
         for content in contents:
