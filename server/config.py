@@ -33,7 +33,10 @@ class Settings(BaseSettings):
     flood_close_after: int = Field(default=20, ge=1)  # rate-limited messages on one socket, then close 1008
     max_sockets_per_user: int = Field(default=10, ge=1)  # past it: close 1013
     max_frames_per_second: float = Field(default=50.0, gt=0)  # per socket, any frame; sustained excess: 1008
-    ws_per_message_deflate: bool = True
+    # Off by default: chat frames are small (a delta is ~100 bytes), so compression saves little,
+    # and a socket that negotiates it (browsers do) costs ~37 KiB more of zlib state and ~40% more
+    # server CPU per turn (docs/benchmarks.md).
+    ws_per_message_deflate: bool = False
     max_waiting: int = Field(default=8, ge=0)
     send_timeout_s: float = Field(default=10.0, gt=0)
     ws_ping_interval_s: float = Field(default=20.0, ge=0)

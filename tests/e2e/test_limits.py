@@ -42,6 +42,12 @@ def sqlite_server(session_servers):
     return session_servers("sqlite")
 
 
+@pytest.fixture
+def deflate_server(session_servers):
+    """A SQLite server that accepts permessage-deflate (off by default)."""
+    return session_servers("sqlite", CHAT_WS_PER_MESSAGE_DEFLATE="true")
+
+
 # -- helpers ---------------------------------------------------------------------------------------------
 def stored(server: Any, token: str) -> list[tuple[str, str, str | None]]:
     """(role, content, client_id) of every message of this user, oldest conversation's first."""
@@ -240,11 +246,23 @@ async def test_frame_at_the_size_limit_is_too_large_and_one_byte_more_closes_100
     assert stored(small_server, c.token) == []
 
 
+@aio
+async def test_compression_is_negotiated_only_when_the_setting_allows_it(sqlite_server, deflate_server):
+    for server, negotiated in ((sqlite_server, False), (deflate_server, True)):
+        c = await Client.open(server)  # websockets offers permessage-deflate, as browsers do
+        try:
+            assert bool(c.ws.protocol.extensions) is negotiated, (server.env, c.ws.protocol.extensions)
+            t = await c.complete("compressed or not, the same turn")
+            assert t.done["content"] == "You said: compressed or not, the same turn"
+        finally:
+            await c.close()
+
+
 @pytest.mark.parametrize("fragmented", [False, True], ids=["one frame", "fragments"])
 @aio
-async def test_deflate_bomb_closes_1009_without_inflating_it(sqlite_server, fragmented):
-    server = sqlite_server
-    c = await Client.open(server)  # permessage-deflate, as websockets negotiates by default
+async def test_deflate_bomb_closes_1009_without_inflating_it(deflate_server, fragmented):
+    server = deflate_server
+    c = await Client.open(server)  # permessage-deflate, as websockets offers by default
     assert c.ws.protocol.extensions, "permessage-deflate was not negotiated"
     inflated = 50 * 1024 * 1024
     head = '{"type":"message","content":"'
