@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -106,7 +107,15 @@ async def readyz(svc: Svc) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics_endpoint() -> Response:
+async def metrics_endpoint(request: Request, svc: Svc) -> Response:
+    # Open unless CHAT_METRICS_TOKEN is set: a bearer secret works through any proxy and is one
+    # line of Prometheus configuration, where a second listener would be a second server to run.
+    expected = svc.settings.metrics_token
+    if expected is not None and expected.get_secret_value():
+        given = bearer_token(request.headers.get("authorization")) or ""
+        if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+            raise HTTPException(401, "send Authorization: Bearer <CHAT_METRICS_TOKEN>",
+                                headers={"WWW-Authenticate": "Bearer"})
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
