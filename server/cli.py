@@ -137,7 +137,9 @@ def run(args: argparse.Namespace) -> None:
     settings = load_settings()
     for secret in (settings.auth_secret, settings.openai_api_key, settings.metrics_token):
         add_secret(secret.get_secret_value() if secret is not None else None)
-    setup_logging(settings.log_level)
+    # `token` prints a token for a script to capture: only warnings beside it.
+    quiet = args.command == "token" and settings.log_level == "info"
+    setup_logging("warning" if quiet else settings.log_level)
     warn_about_settings(settings)
     if args.command == "migrate":
         from server.serve import prepare_database
