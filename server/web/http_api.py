@@ -24,6 +24,10 @@ from server.web.static import STATIC_DIR
 
 router = APIRouter()
 
+CONVERSATIONS_PAGE = 50
+MAX_CONVERSATIONS_PAGE = 200
+INVALID_BEFORE_CONVERSATION = "before must be the id of one of your conversations (the last of the previous page)"
+
 
 def services(request: Request) -> Services:
     return request.app.state.services
@@ -48,11 +52,18 @@ def unavailable() -> HTTPException:
 
 
 @router.get("/api/conversations")
-async def list_conversations(svc: Svc, user: User) -> dict[str, Any]:
+async def list_conversations(svc: Svc, user: User, before: str | None = None,
+                             limit: Annotated[int, Query(ge=1, le=MAX_CONVERSATIONS_PAGE)] = CONVERSATIONS_PAGE,
+                             ) -> dict[str, Any]:
+    if before is not None and not storable(before):
+        raise HTTPException(400, INVALID_BEFORE_CONVERSATION)
     try:
-        return {"items": await svc.db.read(lambda store: store.list_conversations(user.user_id))}
+        items, has_more = await svc.db.read(lambda store: store.list_conversations(user.user_id, before, limit))
+    except InvalidBefore:
+        raise HTTPException(400, INVALID_BEFORE_CONVERSATION) from None
     except DatabaseUnavailable:
         raise unavailable() from None
+    return {"items": items, "has_more": has_more}
 
 
 @router.get("/api/conversations/{conversation_id}/messages")
