@@ -52,3 +52,24 @@ def test_configured_secrets_and_tracebacks_are_redacted():
 ])
 def test_closest_known_setting(typo, meant):
     assert closest(typo, known_names()) == meant
+
+
+def test_env_example_lists_every_setting_with_its_default():
+    from pathlib import Path
+
+    from server.config import Settings
+    from server.operator_errors import env_name
+
+    text = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
+    lines = {line.removeprefix("# ").split("=", 1)[0]: line.split("=", 1)[1]
+             for line in text.splitlines() if line.startswith(("# CHAT_", "# OPENAI_")) and "=" in line}
+    for field, info in Settings.model_fields.items():
+        name = env_name(field)
+        assert name in lines, f"{name} is missing from .env.example"
+        default = info.default
+        if isinstance(default, bool):
+            assert lines[name] == str(default).lower(), name
+        elif isinstance(default, int | float):
+            assert float(lines[name]) == default, name
+        elif isinstance(default, str):
+            assert lines[name] == default, name
