@@ -112,8 +112,9 @@ def describe_model(settings: Settings) -> str:
 def listen(host: str, port: int) -> socket.socket:
     """Bind before anything else, so that a taken port is one line and nothing claims to have started."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        # One address: IPv4 first, so that `localhost` answers at 127.0.0.1, where clients try.
+        family, kind, proto, _, address = sorted(found, key=lambda info: info[0] != socket.AF_INET)[0]
     except socket.gaierror as e:
         raise OperatorError(f"--host {host}: cannot resolve it ({e.strerror}); use an address such as "
                             "127.0.0.1 or 0.0.0.0") from None
