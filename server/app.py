@@ -34,7 +34,10 @@ class ChatApp:
             finally:
                 await self.services.close()
 
-        self.http = FastAPI(title="chat-server", version=__version__, lifespan=lifespan)
+        # /docs only on request (CHAT_API_DOCS): it advertises the API, and Swagger UI loads from a CDN.
+        docs = settings.api_docs
+        self.http = FastAPI(title="chat-server", version=__version__, lifespan=lifespan, redoc_url=None,
+                            docs_url="/docs" if docs else None, openapi_url="/openapi.json" if docs else None)
         self.http.include_router(router)
         self.http.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
         # Pages on the allowed origins (an embedded widget) may call the HTTP API; no one else.

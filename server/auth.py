@@ -50,7 +50,7 @@ class Authenticator:
             claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM], leeway=LEEWAY_S,
                                 options={"require": ["sub"]})
         except jwt.PyJWTError as e:
-            raise AuthError(f"invalid token: {e}") from None
+            raise AuthError(refusal_reason(e)) from None
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > 255:
             raise AuthError("invalid token: sub must be a non-empty string")
@@ -73,6 +73,23 @@ class Authenticator:
             raise AuthError("a token is required")
         user_id = "u-" + uuid.uuid4().hex
         return Identity(user_id, minted_token=self.mint(user_id))
+
+
+def refusal_reason(e: jwt.PyJWTError) -> str:
+    """Short, and safe to send back and to log: it names what is wrong, never the token."""
+    if isinstance(e, jwt.ExpiredSignatureError):
+        return "token expired"
+    if isinstance(e, jwt.InvalidSignatureError):
+        return "invalid token: signature"
+    if isinstance(e, jwt.InvalidAlgorithmError):
+        return "invalid token: algorithm (HS256 only)"
+    if isinstance(e, jwt.MissingRequiredClaimError):
+        return f"invalid token: no {e.claim} claim"
+    if isinstance(e, jwt.ImmatureSignatureError):
+        return "invalid token: not valid yet (iat or nbf in the future)"
+    if isinstance(e, jwt.DecodeError):
+        return "invalid token: not a JWT"
+    return "invalid token: " + type(e).__name__.removesuffix("Error").lower()
 
 
 def bearer_token(authorization: str | None) -> str | None:

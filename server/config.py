@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     # waits db_pool_timeout_s for a connection rather than opening new ones.
     db_pool_size: int | None = Field(default=None, ge=1)
     db_pool_timeout_s: float = Field(default=10.0, gt=0)
+    db_connect_timeout_s: float = Field(default=10.0, gt=0)  # PostgreSQL: a host that never answers
     sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
     sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0)
 
@@ -65,7 +66,24 @@ class Settings(BaseSettings):
     llm_idle_timeout_s: float = Field(default=30.0, gt=0)  # silence between chunks
     llm_retries: int = Field(default=2, ge=0)  # only before the first token
 
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+    # /metrics: open by default so that a scraper needs no setup; set, it asks for
+    # `Authorization: Bearer <this>` (Prometheus: `authorization: {credentials: …}`).
+    metrics_token: SecretStr | None = None
+    # /docs and /openapi.json: off, so the API surface is not advertised; Swagger UI loads its
+    # assets from a CDN, so it is blank offline anyway.
+    api_docs: bool = False
+
+    @field_validator("log_level", "llm", mode="before")
+    @classmethod
+    def _lower(cls, v: object) -> object:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("sqlite_synchronous", mode="before")
+    @classmethod
+    def _upper(cls, v: object) -> object:
+        return v.strip().upper() if isinstance(v, str) else v
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
@@ -79,8 +97,8 @@ class Settings(BaseSettings):
     def _strong_secret(cls, v: SecretStr | None) -> SecretStr | None:
         # HS256 with a short or placeholder key can be brute-forced offline from one token.
         if v is not None and v.get_secret_value() and len(v.get_secret_value()) < MIN_SECRET_CHARS:
-            raise ValueError(f"CHAT_AUTH_SECRET must be at least {MIN_SECRET_CHARS} characters "
-                             "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))')")
+            raise ValueError(f"too short: it must be at least {MIN_SECRET_CHARS} characters (make one with: "
+                             "python -c 'import secrets; print(secrets.token_urlsafe(48))')")
         return v
 
     @field_validator("database_url")
@@ -91,6 +109,12 @@ class Settings(BaseSettings):
                               ("sqlite://", "sqlite+aiosqlite://")):
             if v.startswith(plain):
                 return async_ + v[len(plain):]
+        if "://" not in v:
+            raise ValueError("is not a URL; for a SQLite file write sqlite+aiosqlite:///" + (v or "./data/chat.db")
+                             + ", for PostgreSQL postgresql+asyncpg://user@host/dbname")
+        if not v.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(f"uses an unsupported database ({v.split('://', 1)[0]}); use "
+                             "sqlite+aiosqlite:///path/to/chat.db or postgresql+asyncpg://user@host/dbname")
         return v
 
     @property

@@ -27,6 +27,9 @@ def make_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": settings.sqlite_busy_timeout_ms / 1000}
+    else:
+        # asyncpg waits 60 s for a host that never answers; an operator should hear sooner.
+        kwargs["connect_args"] = {"timeout": settings.db_connect_timeout_s}
     engine = create_async_engine(settings.database_url, **kwargs)
     if settings.is_sqlite:
         configure_sqlite(engine.sync_engine, settings, writer=False)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, exists, insert, literal_column, select, text, update
+from sqlalchemy import Select, and_, bindparam, delete, exists, insert, literal_column, or_, select, text, update
 from sqlalchemy.engine import Connection
 
 from server.db.schema import conversations, messages, replies_in_flight, server_secrets
@@ -98,8 +98,8 @@ _NEXT_SEQ = (
     .where(conversations.c.id == _p("p_conversation"), conversations.c.user_id == _p("p_user"))
     .values(last_seq=conversations.c.last_seq + 1, updated_at=_p("p_now"))
     .returning(conversations.c.last_seq))
-_OWNS: Any = select(literal_column("1")).where(conversations.c.id == _p("p_conversation"),
-                                          conversations.c.user_id == _p("p_user"))
+_OWNS: Select[Any] = select(literal_column("1")).where(conversations.c.id == _p("p_conversation"),
+                                                      conversations.c.user_id == _p("p_user"))
 _BY_CLIENT_ID = select(*MESSAGE_COLUMNS).where(messages.c.user_id == _p("p_user"),
                                                messages.c.client_id == _p("p_client"))
 _REPLIES_TO = select(*MESSAGE_COLUMNS).where(messages.c.reply_to == _p("p_message")).order_by(messages.c.seq)
@@ -229,15 +229,27 @@ class Store:
         result = self.conn.execute(_OWNS, {"p_conversation": conversation_id, "p_user": user_id})
         return result.first() is not None
 
-    def list_conversations(self, user_id: str, limit: int = 200) -> list[dict[str, Any]]:
-        result = self.conn.execute(
-            select(conversations.c.id, conversations.c.title, conversations.c.created_at,
-                   conversations.c.updated_at)
-            .where(conversations.c.user_id == user_id)
-            .order_by(conversations.c.updated_at.desc(), conversations.c.id)
-            .limit(limit))
-        return [{"id": r.id, "title": r.title, "created_at": iso(r.created_at), "updated_at": iso(r.updated_at)}
-                for r in result]
+    def list_conversations(self, user_id: str, before: str | None = None,
+                           limit: int = 50) -> tuple[list[dict[str, Any]], bool]:
+        """A page of the user's conversations, newest `updated_at` first (then by id), older than
+        the conversation `before` (the last of the previous page), and whether more remain.
+        Keyset paging: every conversation is reachable, however many there are."""
+        query = (select(conversations.c.id, conversations.c.title, conversations.c.created_at,
+                        conversations.c.updated_at)
+                 .where(conversations.c.user_id == user_id))
+        if before is not None:
+            anchor = self.conn.execute(
+                select(conversations.c.updated_at)
+                .where(conversations.c.id == before, conversations.c.user_id == user_id)).scalar()
+            if anchor is None:
+                raise InvalidBefore(before)
+            query = query.where(or_(conversations.c.updated_at < anchor,
+                                    and_(conversations.c.updated_at == anchor, conversations.c.id > before)))
+        rows = list(self.conn.execute(
+            query.order_by(conversations.c.updated_at.desc(), conversations.c.id).limit(limit + 1)))
+        items = [{"id": r.id, "title": r.title, "created_at": iso(r.created_at), "updated_at": iso(r.updated_at)}
+                 for r in rows[:limit]]
+        return items, len(rows) > limit
 
     def delete_conversation(self, conversation_id: str, user_id: str) -> bool:
         if not self.owns_conversation(conversation_id, user_id):

@@ -49,7 +49,7 @@ class ResumeFrame:
 
 @dataclass(frozen=True, slots=True)
 class HistoryFrame:
-    conversation_id: str
+    conversation_id: str | None  # None: absent (or null), the socket's current conversation
     before: str | None
     limit: int
 
@@ -95,7 +95,9 @@ def _loads_strictly_valid(raw: str, orjson_error: Exception) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):
-        raise FrameError(ErrorCode.INVALID, f"frame is not valid JSON: {orjson_error}") from None
+        raise FrameError(ErrorCode.INVALID, f"frame is not valid JSON ({orjson_error}); to send text, send it "
+                         "without a leading '{', or as a message frame: {\"type\":\"message\",\"content\":\"…\"}"
+                         ) from None
 
 
 def _message(obj: dict[str, Any], max_chars: int) -> MessageFrame:
@@ -163,9 +165,9 @@ def _resume(obj: dict[str, Any]) -> ResumeFrame:
 
 def _history(obj: dict[str, Any]) -> HistoryFrame:
     conversation_id = obj.get("conversation_id")
-    if not isinstance(conversation_id, str):
-        raise FrameError(ErrorCode.INVALID, "history needs a string field 'conversation_id'")
-    if not storable(conversation_id):
+    if conversation_id is not None and not isinstance(conversation_id, str):
+        raise FrameError(ErrorCode.INVALID, "conversation_id must be a string, or absent for the current conversation")
+    if conversation_id is not None and not storable(conversation_id):
         raise FrameError(ErrorCode.NOT_FOUND, NO_SUCH_CONVERSATION)
     before = obj.get("before")
     if before is not None and not isinstance(before, str):

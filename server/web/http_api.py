@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -23,6 +24,10 @@ from server.protocol.frames import (
 from server.web.static import STATIC_DIR
 
 router = APIRouter()
+
+CONVERSATIONS_PAGE = 50
+MAX_CONVERSATIONS_PAGE = 200
+INVALID_BEFORE_CONVERSATION = "before must be the id of one of your conversations (the last of the previous page)"
 
 
 def services(request: Request) -> Services:
@@ -48,11 +53,18 @@ def unavailable() -> HTTPException:
 
 
 @router.get("/api/conversations")
-async def list_conversations(svc: Svc, user: User) -> dict[str, Any]:
+async def list_conversations(svc: Svc, user: User, before: str | None = None,
+                             limit: Annotated[int, Query(ge=1, le=MAX_CONVERSATIONS_PAGE)] = CONVERSATIONS_PAGE,
+                             ) -> dict[str, Any]:
+    if before is not None and not storable(before):
+        raise HTTPException(400, INVALID_BEFORE_CONVERSATION)
     try:
-        return {"items": await svc.db.read(lambda store: store.list_conversations(user.user_id))}
+        items, has_more = await svc.db.read(lambda store: store.list_conversations(user.user_id, before, limit))
+    except InvalidBefore:
+        raise HTTPException(400, INVALID_BEFORE_CONVERSATION) from None
     except DatabaseUnavailable:
         raise unavailable() from None
+    return {"items": items, "has_more": has_more}
 
 
 @router.get("/api/conversations/{conversation_id}/messages")
@@ -109,7 +121,15 @@ async def readyz(svc: Svc) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics_endpoint() -> Response:
+async def metrics_endpoint(request: Request, svc: Svc) -> Response:
+    # Open unless CHAT_METRICS_TOKEN is set: a bearer secret works through any proxy and is one
+    # line of Prometheus configuration, where a second listener would be a second server to run.
+    expected = svc.settings.metrics_token
+    if expected is not None and expected.get_secret_value():
+        given = bearer_token(request.headers.get("authorization")) or ""
+        if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+            raise HTTPException(401, "send Authorization: Bearer <CHAT_METRICS_TOKEN>",
+                                headers={"WWW-Authenticate": "Bearer"})
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -33,15 +33,16 @@ def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> 
 
 
 async def handle_socket(scope: Scope, receive, send, svc: Services) -> None:  # type: ignore[no-untyped-def]
-    sock = Socket(receive, send, svc.settings.send_timeout_s)
+    sock = Socket(receive, send, svc.settings.send_timeout_s,
+                  http_response="websocket.http.response" in scope.get("extensions", {}))
     if not await sock.wait_connect():
         return
     if svc.hub.shutting_down:
-        await sock.refuse()
+        await sock.refuse("shutting down")
         return
     if not origin_allowed(_header(scope, b"origin"), _header(scope, b"host"), svc.settings.allowed_origins):
         log.info("refused a socket from origin %s", _header(scope, b"origin"))
-        await sock.refuse()
+        await sock.refuse("origin not allowed")
         return
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     token = (query.get("token") or [None])[0] or bearer_token(_header(scope, b"authorization"))
@@ -49,7 +50,7 @@ async def handle_socket(scope: Scope, receive, send, svc: Services) -> None:  # 
         identity = svc.auth.identify(token)
     except AuthError as e:
         log.info("refused a socket: %s", e)
-        await sock.refuse()
+        await sock.refuse(str(e))
         return
     if not svc.limits.open_socket(identity.user_id):
         await sock.accept()  # a close code needs an accepted socket; nothing else is sent
