@@ -50,7 +50,8 @@ def uvicorn_config(app: ChatApp, settings: Settings, host: str, port: int) -> uv
         host=host,
         port=port,
         lifespan="on",
-        ws=ChatWebSocketProtocol,
+        # Limits below the message layer: continuation/ping/pong frames, fragments, slow readers.
+        ws=ChatWebSocketProtocol.configured(settings.max_frames_per_second, settings.send_timeout_s),
         log_config=None,  # ours, set up in cli
         access_log=False,
         ws_max_size=settings.max_frame_bytes,  # bigger frames close with 1009; also caps inflated size
