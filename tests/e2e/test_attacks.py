@@ -8,10 +8,12 @@ of MB" before the fix against "milliseconds and a few MB" after, not tight timin
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from typing import Any
 
+import httpx
 import pytest
 from support.client import Client, aio
 from support.raw_ws import CONT, PING, TEXT, Attack, RawWebSocket, frame, rss_mb
@@ -133,3 +135,61 @@ def test_a_client_that_never_reads_its_pongs_is_cut_off(make_server):
     assert rss_mb(server.pid) - base < RSS_BOUND_MB
     with socket.socket() as probe:  # the server is fine
         probe.connect(("127.0.0.1", server.port))
+
+
+# -- answers bigger than the request ---------------------------------------------------------------------
+BIG = "\x01" * 32_000  # 192 KB on the wire: every character is escaped as \u0001
+PAGE_BOUND = 1.5 * 2**20  # "about 1 MiB of message content" per page, plus the frame around it
+
+
+async def big_conversation(server: Any, turns: int = 30) -> tuple[str, str]:
+    """(token, conversation id) of a user whose conversation holds 2 × turns messages of 192 KB."""
+    owner = await Client.open(server)
+    first = await owner.complete(BIG)
+    assert first.ack is not None
+    conversation_id = first.ack["conversation_id"]
+    for _ in range(turns - 1):
+        await owner.complete(BIG)
+    await owner.close()
+    return owner.token, conversation_id
+
+
+@aio
+async def test_a_history_page_holds_about_1_mib_at_most_and_says_more_remain(fresh_server):
+    token, conversation_id = await big_conversation(fresh_server, turns=10)
+    c = await Client.open(fresh_server, token=token)
+    await c.send({"type": "history", "conversation_id": conversation_id, "limit": 200})
+    raw = await asyncio.wait_for(c.ws.recv(), 15)
+    await c.close()
+    page = json.loads(raw)
+    assert page["type"] == "history" and page["has_more"] is True
+    assert 1 <= len(page["messages"]) < 20
+    assert len(raw) < PAGE_BOUND
+    assert http_pages_seen(fresh_server, token, conversation_id) == 20
+
+
+def http_pages_seen(server: Any, token: str, conversation_id: str) -> int:
+    """Page the conversation over HTTP with limit 200 and `before`; every page bounded in size."""
+    rest = httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=20)
+    seen, before = 0, None
+    while True:
+        r = rest.get(f"/api/conversations/{conversation_id}/messages",
+                     params={"limit": 200, **({"before": before} if before else {})})
+        assert r.status_code == 200 and len(r.content) < PAGE_BOUND
+        body = r.json()
+        seen += len(body["messages"])
+        if not body["has_more"]:
+            break
+        before = body["messages"][0]["id"]
+    rest.close()
+    return seen
+
+
+@aio
+async def test_history_pages_never_read_do_not_pile_up(fresh_server):
+    token, conversation_id = await big_conversation(fresh_server)
+    request = frame(TEXT, json.dumps({"type": "history", "conversation_id": conversation_id, "limit": 200}).encode())
+    attacks = [Attack(fresh_server.port, lambda ws: ws.send(request), path=f"/ws?token={token}") for _ in range(4)]
+    worst, growth = await harm(fresh_server, attacks)
+    assert worst < TURN_BOUND_S
+    assert growth < RSS_BOUND_MB
