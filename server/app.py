@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from server import __version__
 from server.chat.services import Services
 from server.config import Settings
+from server.web.guards import Guards
 from server.web.http_api import router
 from server.web.static import STATIC_DIR
 from server.web.ws_endpoint import handle_socket
@@ -24,6 +25,7 @@ class ChatApp:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.services: Services | None = None
+        self.guards = Guards(settings)  # per-address and HTTP limits (server/web/guards.py)
 
         @asynccontextmanager
         async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -35,6 +37,7 @@ class ChatApp:
                 await self.services.close()
 
         self.http = FastAPI(title="chat-server", version=__version__, lifespan=lifespan)
+        self.http.state.guards = self.guards
         self.http.include_router(router)
         self.http.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
         # Pages on the allowed origins (an embedded widget) may call the HTTP API; no one else.
@@ -44,7 +47,7 @@ class ChatApp:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "websocket":
             if scope["path"] == "/ws" and self.services is not None:
-                await handle_socket(scope, receive, send, self.services)
+                await handle_socket(scope, receive, send, self.services, self.guards)
             else:
                 await send({"type": "websocket.close", "code": 1008})
             return

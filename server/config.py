@@ -33,6 +33,16 @@ class Settings(BaseSettings):
     flood_close_after: int = Field(default=20, ge=1)  # rate-limited messages on one socket, then close 1008
     max_sockets_per_user: int = Field(default=10, ge=1)  # past it: close 1013
     max_frames_per_second: float = Field(default=50.0, gt=0)  # per socket, any frame; sustained excess: 1008
+    # Open mode: new users (token-less handshakes) per client address per minute, so that
+    # reconnecting without a token does not escape every per-user limit; past it: HTTP 429. 0: none.
+    open_mode_users_per_minute: int = Field(default=60, ge=0)
+    # HTTP API requests per minute (bursts of that many), per user and per client address;
+    # past it: 429 with Retry-After. 0: no limit.
+    http_requests_per_minute: int = Field(default=300, ge=0)
+    http_requests_per_minute_per_address: int = Field(default=600, ge=0)
+    # Peers trusted to name the client in X-Forwarded-For (uvicorn's forwarded_allow_ips): the
+    # address the per-address limits count. Comma-separated IPs or networks; "*" trusts everyone.
+    trusted_proxies: str = "127.0.0.1"
     # Off by default: chat frames are small (a delta is ~100 bytes), so compression saves little,
     # and a socket that negotiates it (browsers do) costs ~37 KiB more of zlib state and ~40% more
     # server CPU per turn (docs/benchmarks.md).

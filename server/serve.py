@@ -60,6 +60,7 @@ def uvicorn_config(app: ChatApp, settings: Settings, host: str, port: int) -> uv
         ws_ping_timeout=settings.ws_ping_interval_s or None,
         timeout_graceful_shutdown=3,
         server_header=False,
+        forwarded_allow_ips=settings.trusted_proxies,  # whose X-Forwarded-For the per-address limits count
     )
 
 

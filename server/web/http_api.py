@@ -19,6 +19,7 @@ from server.protocol.frames import (
     NO_SUCH_CONVERSATION,
     storable,
 )
+from server.web.guards import Guards, TooMany
 from server.web.static import STATIC_DIR
 
 router = APIRouter()
@@ -29,13 +30,20 @@ def services(request: Request) -> Services:
 
 
 def identity(request: Request, svc: Annotated[Services, Depends(services)]) -> Identity:
-    token = bearer_token(request.headers.get("authorization"))
-    if token is None:
-        raise HTTPException(401, "send Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"})
+    guards: Guards = request.app.state.guards
     try:
-        return svc.auth.verify(token)
-    except AuthError as e:
-        raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from None
+        guards.http_request(request.scope)  # per address, before the token is even looked at
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
+            raise HTTPException(401, "send Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"})
+        try:
+            user = svc.auth.verify(token)
+        except AuthError as e:
+            raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from None
+        guards.http_user(user.user_id)
+    except TooMany as e:
+        raise HTTPException(429, str(e), headers=e.headers) from None
+    return user
 
 
 Svc = Annotated[Services, Depends(services)]

@@ -193,3 +193,96 @@ async def test_history_pages_never_read_do_not_pile_up(fresh_server):
     worst, growth = await harm(fresh_server, attacks)
     assert worst < TURN_BOUND_S
     assert growth < RSS_BOUND_MB
+
+
+# -- anonymous floods, and the HTTP API ------------------------------------------------------------------
+def ready_token(ws: RawWebSocket) -> str:
+    opcode, payload = ws.recv_frame()
+    assert opcode == TEXT
+    return json.loads(payload)["token"]
+
+
+def test_token_less_handshakes_past_the_address_rate_get_429_and_tokens_still_work(make_server):
+    server = make_server("sqlite", CHAT_OPEN_MODE_USERS_PER_MINUTE=20)
+    sockets = [RawWebSocket(server.port) for _ in range(30)]
+    statuses = [ws.status for ws in sockets]
+    assert statuses[:20] == [101] * 20 and set(statuses[20:]) == {429}, statuses
+    assert int(sockets[-1].header("retry-after") or 0) >= 1
+    token = ready_token(sockets[0])
+    for ws in sockets:
+        ws.close()
+    with_token = RawWebSocket(server.port, path=f"/ws?token={token}")
+    assert with_token.status == 101  # a user who kept its token is not a new user
+    with_token.close()
+    # Behind a trusted proxy (127.0.0.1 by default), the forwarded address is the one counted.
+    forwarded = RawWebSocket(server.port, headers={"X-Forwarded-For": "203.0.113.9"})
+    assert forwarded.status == 101
+    forwarded.close()
+
+
+@aio
+async def test_a_flood_of_token_less_sockets_mints_no_more_than_the_address_rate(make_server):
+    server = make_server("sqlite", CHAT_OPEN_MODE_USERS_PER_MINUTE=60)
+    victim_token = await attacker_token(server)  # the other user has its token, as the widget keeps it
+
+    def reconnect(ws: RawWebSocket) -> None:
+        raise OSError("next")
+
+    attack = Attack(server.port, reconnect, rcvbuf=None)
+    victim = await Client.open(server, token=victim_token)
+    await victim.complete("warm up")
+    base = rss_mb(server.pid)
+    attack.start()
+    worst = 0.0
+    deadline = time.monotonic() + ATTACK_S
+    while time.monotonic() < deadline:
+        t0 = time.monotonic()
+        await victim.complete("are you there")
+        worst = max(worst, time.monotonic() - t0)
+        await asyncio.sleep(0.1)
+    attack.stop()
+    await victim.close()
+    growth = rss_mb(server.pid) - base
+    minted = attack.statuses.count(101)
+    print(f"{len(attack.statuses)} token-less handshakes, {minted} users minted; other user's slowest turn "
+          f"{worst:.3f}s, server RSS +{growth:.0f} MB")
+    assert minted <= 60 + ATTACK_S + 2  # a burst of 60, refilled at one a second
+    assert attack.statuses.count(429) > 0
+    assert worst < TURN_BOUND_S
+    assert growth < RSS_BOUND_MB
+
+
+def test_two_tokens_that_disagree_are_refused(make_server):
+    server = make_server("sqlite")
+    first = RawWebSocket(server.port)
+    a = ready_token(first)
+    first.close()
+    second = RawWebSocket(server.port)
+    b = ready_token(second)
+    second.close()
+    refused = RawWebSocket(server.port, path=f"/ws?token={a}", headers={"Authorization": f"Bearer {b}"})
+    assert refused.status == 403
+    refused.close()
+    agreeing = RawWebSocket(server.port, path=f"/ws?token={a}", headers={"Authorization": f"Bearer {a}"})
+    assert agreeing.status == 101
+    agreeing.close()
+
+
+def test_the_http_api_is_rate_limited_per_user_and_per_address(make_server):
+    server = make_server("sqlite", CHAT_HTTP_REQUESTS_PER_MINUTE=5, CHAT_HTTP_REQUESTS_PER_MINUTE_PER_ADDRESS=12)
+    tokens = []
+    for _ in range(3):
+        ws = RawWebSocket(server.port)
+        tokens.append(ready_token(ws))
+        ws.close()
+    with httpx.Client(base_url=server.base_url, timeout=10) as http:
+        def get(token: str) -> httpx.Response:
+            return http.get("/api/conversations", headers={"Authorization": f"Bearer {token}"})
+
+        assert [get(tokens[0]).status_code for _ in range(5)] == [200] * 5
+        over = get(tokens[0])
+        assert over.status_code == 429 and int(over.headers["retry-after"]) >= 1
+        assert get(tokens[1]).status_code == 200  # another user is not affected...
+        codes = [get(tokens[2]).status_code for _ in range(5)] + [get(tokens[1]).status_code for _ in range(3)]
+        assert codes.count(429) >= 1  # ...until the address as a whole is over its rate (12)
+        assert http.get("/healthz").status_code == 200  # probes are not limited

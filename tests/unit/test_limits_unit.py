@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.chat.limits import TokenBucket, UserLimits
+from server.chat.limits import KeyedBuckets, TokenBucket, UserLimits
 
 
 class FakeClock:
@@ -174,3 +174,17 @@ def test_bucket_map_keeps_users_that_are_still_limited(clock):
     assert "hog" in limits._buckets and len(limits._buckets) <= 3
     # Pruning did not hand the hog a fresh burst.
     assert take_all(lambda: limits.allow_message("hog")) == 30
+
+
+def test_keyed_buckets_count_each_key_apart_and_say_how_long_to_wait():
+    now = [0.0]
+    buckets = KeyedBuckets(60, clock=lambda: now[0])
+    assert all(buckets.take("a") == 0 for _ in range(60))
+    assert buckets.take("a") == pytest.approx(1.0)  # one a second
+    assert buckets.take("b") == 0
+    now[0] += 1
+    assert buckets.take("a") == 0
+
+
+def test_keyed_buckets_at_zero_never_limit():
+    assert all(KeyedBuckets(0).take("a") == 0 for _ in range(1000))

@@ -1,0 +1,55 @@
+"""Limits per client address and on the HTTP API: new open-mode users per address, and HTTP
+requests per user and per address. The buckets are in server/chat/limits.py; this module knows
+where the address comes from and how a refusal looks (HTTP 429 with Retry-After).
+
+The client address is scope["client"]: uvicorn replaces the peer's address with the one in
+X-Forwarded-For when the peer is a trusted proxy (CHAT_TRUSTED_PROXIES).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from server.chat.limits import KeyedBuckets
+from server.config import Settings
+
+
+class TooMany(Exception):
+    def __init__(self, what: str, wait_s: float):
+        super().__init__(what)
+        self.what = what
+        self.retry_after = max(1, math.ceil(wait_s))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+def client_address(scope: Mapping[str, Any]) -> str:
+    client = scope.get("client")
+    return client[0] if client else "unknown"
+
+
+class Guards:
+    def __init__(self, settings: Settings):
+        self.new_users = KeyedBuckets(settings.open_mode_users_per_minute)
+        self.http_users = KeyedBuckets(settings.http_requests_per_minute)
+        self.http_addresses = KeyedBuckets(settings.http_requests_per_minute_per_address)
+
+    def new_user(self, scope: Mapping[str, Any]) -> None:
+        """Count a token-less handshake in open mode; TooMany past the address's rate."""
+        wait = self.new_users.take(client_address(scope))
+        if wait:
+            raise TooMany("too many new users from this address; wait, or come back with your token", wait)
+
+    def http_request(self, scope: Mapping[str, Any]) -> None:
+        wait = self.http_addresses.take(client_address(scope))
+        if wait:
+            raise TooMany("too many requests from this address; wait, then try again", wait)
+
+    def http_user(self, user_id: str) -> None:
+        wait = self.http_users.take(user_id)
+        if wait:
+            raise TooMany("too many requests for this user; wait, then try again", wait)
