@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     ws_per_message_deflate: bool = False
     max_waiting: int = Field(default=8, ge=0)
     send_timeout_s: float = Field(default=10.0, gt=0)
+    # A connection that has not sent a whole request (headers and body) this long after opening,
+    # or after its previous response, is closed: uvicorn alone waits forever (slowloris).
+    request_timeout_s: float = Field(default=10.0, gt=0)
     ws_ping_interval_s: float = Field(default=20.0, ge=0)
     shutdown_grace_s: float = Field(default=6.0, gt=0)
 

@@ -17,6 +17,7 @@ import uvicorn
 from server.app import ChatApp
 from server.config import Settings
 from server.db.migrate import upgrade_to_head
+from server.web.http_protocols import http_protocol
 from server.web.ws_protocol import ChatWebSocketProtocol
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def uvicorn_config(app: ChatApp, settings: Settings, host: str, port: int) -> uv
         host=host,
         port=port,
         lifespan="on",
+        http=http_protocol(settings.request_timeout_s),  # uvicorn's, with a deadline for the whole request
         # Limits below the message layer: continuation/ping/pong frames, fragments, slow readers.
         ws=ChatWebSocketProtocol.configured(settings.max_frames_per_second, settings.send_timeout_s),
         log_config=None,  # ours, set up in cli

@@ -286,3 +286,49 @@ def test_the_http_api_is_rate_limited_per_user_and_per_address(make_server):
         codes = [get(tokens[2]).status_code for _ in range(5)] + [get(tokens[1]).status_code for _ in range(3)]
         assert codes.count(429) >= 1  # ...until the address as a whole is over its rate (12)
         assert http.get("/healthz").status_code == 200  # probes are not limited
+
+
+# -- requests that never finish ----------------------------------------------------------------------------
+def closed_by_server(sock: socket.socket, deadline: float) -> float | None:
+    """When the server closed `sock` (monotonic time), or None if it had not by `deadline`."""
+    sock.settimeout(max(0.01, deadline - time.monotonic()))
+    try:
+        while sock.recv(4096):
+            pass
+    except (TimeoutError, OSError):
+        return None if time.monotonic() >= deadline else time.monotonic()
+    return time.monotonic()
+
+
+@aio
+async def test_handshakes_and_requests_that_never_finish_are_closed_within_10_s(fresh_server):
+    victim = await Client.open(fresh_server)  # opened before: a WebSocket is not timed out
+    opened = time.monotonic()
+    stalled = []
+    for i in range(100):
+        s = socket.create_connection(("127.0.0.1", fresh_server.port))
+        if i % 2:
+            s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")  # headers never finish
+        else:
+            s.sendall(b"GET /api/conversations HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")  # nor the body
+        stalled.append(s)
+    trickle = socket.create_connection(("127.0.0.1", fresh_server.port))
+    for piece in [b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n", b"X-A: 1\r\n", b"X-B: 2\r\n", b"X-C: 3\r\n"] * 4:
+        try:
+            trickle.sendall(piece)  # a byte now and then is not a whole request
+        except OSError:
+            break
+        await asyncio.sleep(1)
+    trickle_closed = await asyncio.to_thread(closed_by_server, trickle, opened + 15)
+    closes = [await asyncio.to_thread(closed_by_server, s, opened + 15) for s in stalled]
+    assert trickle_closed is not None and trickle_closed - opened < 14
+    assert all(c is not None and c - opened < 14 for c in closes), closes
+    await victim.complete("still here")  # after more than 10 s
+    await victim.close()
+    for s in [*stalled, trickle]:
+        s.close()
+    # A whole request after one on the same connection is answered.
+    async with httpx.AsyncClient(base_url=fresh_server.base_url) as http:
+        assert (await http.get("/healthz")).status_code == 200
+        await asyncio.sleep(1)
+        assert (await http.get("/healthz")).status_code == 200
