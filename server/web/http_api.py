@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -22,6 +23,7 @@ from server.protocol.frames import (
 from server.web.guards import Guards, TooMany
 from server.web.static import STATIC_DIR
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 
@@ -106,7 +108,8 @@ async def readyz(svc: Svc) -> JSONResponse:
     try:
         await svc.db.ping()
     except DatabaseUnavailable as e:
-        checks["database"] = f"unavailable: {e}"[:300]
+        log.warning("/readyz: the database does not answer: %r", str(e)[:500])
+        checks["database"] = "unavailable"  # the detail (driver error, SQL, address) stays in the log
     if not await svc.backend.ready():
         checks["backend"] = "unreachable"  # the server stays up: turns end in `error` until it is back
     ok = checks["database"] == "ok" and checks["backend"] == "ok"
@@ -119,5 +122,17 @@ async def metrics_endpoint() -> Response:
 
 
 @router.get("/", include_in_schema=False)
-async def index() -> FileResponse:
-    return FileResponse(STATIC_DIR / "index.html")
+async def index(svc: Svc) -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", headers=page_headers(svc.settings.allowed_origins))
+
+
+def page_headers(allowed_origins: list[str]) -> dict[str, str]:
+    """The chat page's own script and styles only (the widget builds <style> elements, hence
+    'unsafe-inline' for styles, never for scripts); framed only by us and the allowed origins."""
+    ancestors = " ".join(["'self'", *allowed_origins])
+    return {
+        "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                                   "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+                                   f"form-action 'self'; frame-ancestors {ancestors}",
+        "X-Content-Type-Options": "nosniff",
+    }
