@@ -26,6 +26,16 @@ def storable(text: str) -> bool:
     return _BAD_CHARS.search(text) is None
 
 
+MAX_ID_CHARS = 36  # conversation and message ids are UUIDs, in String(36) columns
+
+
+def known_id(text: str) -> bool:
+    """Whether `text` could name a stored conversation or message. A longer one cannot, and must
+    not reach a query either: PostgreSQL refuses it as too long for the column (an error per frame,
+    counted as a commit failure), where any unknown id should simply be not_found."""
+    return len(text) <= MAX_ID_CHARS and storable(text)
+
+
 @dataclass(frozen=True, slots=True)
 class MessageFrame:
     content: str
@@ -100,7 +110,7 @@ def _message(obj: dict[str, Any], max_chars: int) -> MessageFrame:
     if conversation_id is not ABSENT and conversation_id is not None:
         if not isinstance(conversation_id, str):
             raise FrameError(ErrorCode.INVALID, "conversation_id must be a string or null", echo_id)
-        if not storable(conversation_id):
+        if not known_id(conversation_id):
             raise FrameError(ErrorCode.NOT_FOUND, NO_SUCH_CONVERSATION, echo_id)
     if "content" not in obj:
         raise FrameError(ErrorCode.INVALID, "message needs a string field 'content'", echo_id)
@@ -124,12 +134,12 @@ def _history(obj: dict[str, Any]) -> HistoryFrame:
     conversation_id = obj.get("conversation_id")
     if not isinstance(conversation_id, str):
         raise FrameError(ErrorCode.INVALID, "history needs a string field 'conversation_id'")
-    if not storable(conversation_id):
+    if not known_id(conversation_id):
         raise FrameError(ErrorCode.NOT_FOUND, NO_SUCH_CONVERSATION)
     before = obj.get("before")
     if before is not None and not isinstance(before, str):
         raise FrameError(ErrorCode.INVALID, "before must be a message id (a string)")
-    if before is not None and not storable(before):
+    if before is not None and not known_id(before):
         raise FrameError(ErrorCode.INVALID, INVALID_BEFORE)
     limit = obj.get("limit", DEFAULT_HISTORY_LIMIT)
     if limit is None:

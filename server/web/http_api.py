@@ -18,7 +18,7 @@ from server.protocol.frames import (
     INVALID_BEFORE,
     MAX_HISTORY_LIMIT,
     NO_SUCH_CONVERSATION,
-    storable,
+    known_id,
 )
 from server.web.guards import Guards, TooMany
 from server.web.static import STATIC_DIR
@@ -68,9 +68,9 @@ async def list_conversations(svc: Svc, user: User) -> dict[str, Any]:
 async def list_messages(conversation_id: str, svc: Svc, user: User, before: str | None = None,
                         limit: Annotated[int, Query(ge=1, le=MAX_HISTORY_LIMIT)] = DEFAULT_HISTORY_LIMIT,
                         ) -> dict[str, Any]:
-    if not storable(conversation_id):  # a NUL (%00) cannot name anything stored
+    if not known_id(conversation_id):  # too long, or a NUL (%00): cannot name anything stored
         raise HTTPException(404, NO_SUCH_CONVERSATION)
-    if before is not None and not storable(before):
+    if before is not None and not known_id(before):
         raise HTTPException(400, INVALID_BEFORE)
     try:
         page, has_more = await svc.db.read(lambda store: store.history(conversation_id, user.user_id, before, limit))
@@ -85,7 +85,7 @@ async def list_messages(conversation_id: str, svc: Svc, user: User, before: str 
 
 @router.delete("/api/conversations/{conversation_id}", status_code=204)
 async def delete_conversation(conversation_id: str, svc: Svc, user: User) -> Response:
-    if not storable(conversation_id):
+    if not known_id(conversation_id):
         raise HTTPException(404, NO_SUCH_CONVERSATION)
     try:
         deleted = await svc.db.write(lambda store: store.delete_conversation(conversation_id, user.user_id))
