@@ -30,6 +30,8 @@ class ChatApp:
         @asynccontextmanager
         async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             self.services = await Services.start(settings)
+            # Until Services.start passes it to the Authenticator (server/chat/services.py):
+            self.services.auth.open_mode_ttl_s = settings.open_mode_token_ttl_s
             app.state.services = self.services
             try:
                 yield

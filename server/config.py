@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     # Open mode: new users (token-less handshakes) per client address per minute, so that
     # reconnecting without a token does not escape every per-user limit; past it: HTTP 429. 0: none.
     open_mode_users_per_minute: int = Field(default=60, ge=0)
+    # Open mode: the life of a minted token; every `ready` hands out a fresh one, so only a user
+    # away for longer than this becomes a new user.
+    open_mode_token_ttl_s: float = Field(default=30 * 86400, gt=0)
     # HTTP API requests per minute (bursts of that many), per user and per client address;
     # past it: 429 with Retry-After. 0: no limit.
     http_requests_per_minute: int = Field(default=300, ge=0)
