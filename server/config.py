@@ -26,6 +26,10 @@ class Settings(BaseSettings):
 
     auth_secret: SecretStr | None = None
     allowed_origins: Annotated[list[str], NoDecode] = []
+    # Host header values served (names, without port; "*.example.com" for subdomains). A page on
+    # a DNS-rebinding name passes the Origin check, because its Origin and Host agree; only the
+    # Host tells it apart. Empty: local names when bound to loopback, else any (set it in production).
+    allowed_hosts: Annotated[list[str], NoDecode] = []
 
     max_message_chars: int = Field(default=32_000, ge=1)
     # Abuse limits (per user unless said otherwise).
@@ -80,6 +84,13 @@ class Settings(BaseSettings):
     def _split_origins(cls, v: object) -> object:
         if isinstance(v, str):
             return [o.strip().rstrip("/") for o in v.split(",") if o.strip()]
+        return v
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [h.strip().lower() for h in v.split(",") if h.strip()]
         return v
 
     @field_validator("auth_secret")

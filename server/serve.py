@@ -68,7 +68,7 @@ def uvicorn_config(app: ChatApp, settings: Settings, host: str, port: int) -> uv
 
 async def serve(settings: Settings, host: str, port: int) -> None:
     await upgrade_to_head(settings)
-    app = ChatApp(settings)
+    app = ChatApp(settings, bound_to_loopback=_loopback(host))
     server = ChatServer(uvicorn_config(app, settings, host, port), app)
     log.info("chat-server on http://%s:%d (database %s, model %s, %s mode)", host, port,
              _redact(settings.database_url), settings.llm, "token" if settings.token_mode else "open")
@@ -79,3 +79,14 @@ def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -32,11 +32,41 @@ def client_address(scope: Mapping[str, Any]) -> str:
     return client[0] if client else "unknown"
 
 
+LOCAL_HOSTS = ["localhost", "127.0.0.1", "::1"]
+
+
+def host_name(host: str | None) -> str | None:
+    """The name in a Host header, without its port; "[::1]:8000" -> "::1"."""
+    if not host:
+        return None
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def host_allowed(host: str | None, allowed: list[str]) -> bool:
+    if not allowed:
+        return True
+    name = host_name(host)
+    if name is None:
+        return False
+    return any(name == a or (a.startswith("*.") and name.endswith(a[1:])) for a in allowed)
+
+
 class Guards:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, bound_to_loopback: bool = False):
+        self.allowed_hosts = settings.allowed_hosts or (LOCAL_HOSTS if bound_to_loopback else [])
         self.new_users = KeyedBuckets(settings.open_mode_users_per_minute)
         self.http_users = KeyedBuckets(settings.http_requests_per_minute)
         self.http_addresses = KeyedBuckets(settings.http_requests_per_minute_per_address)
+
+    def host_allowed(self, scope: Mapping[str, Any]) -> bool:
+        """DNS rebinding: only the Host tells a rebound name from ours (CHAT_ALLOWED_HOSTS)."""
+        if not self.allowed_hosts or scope.get("path") == "/healthz":  # probes may use any address
+            return True
+        host = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"host"), None)
+        return host_allowed(host, self.allowed_hosts)
 
     def new_user(self, scope: Mapping[str, Any]) -> None:
         """Count a token-less handshake in open mode; TooMany past the address's rate."""

@@ -42,7 +42,8 @@ async def handle_socket(scope: Scope, receive, send, svc: Services,  # type: ign
         await sock.refuse()
         return
     if not origin_allowed(_header(scope, b"origin"), _header(scope, b"host"), svc.settings.allowed_origins):
-        log.info("refused a socket from origin %r", _header(scope, b"origin"))
+        # Escaped, not %r: a newline cannot forge a log line, and the line reads as before.
+        log.info("refused a socket from origin %s", repr(_header(scope, b"origin") or "")[1:-1])
         await sock.refuse()
         return
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))

@@ -34,14 +34,15 @@ def frame(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
 
 class RawWebSocket:
     def __init__(self, port: int, path: str = "/ws", headers: dict[str, str] | None = None,
-                 timeout: float = 10, rcvbuf: int | None = None):
+                 timeout: float = 10, rcvbuf: int | None = None, host: str | None = None):
         self.sock = socket.socket()
         if rcvbuf is not None:  # a small receive window: a client that does not read backs up fast
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(timeout)
         self.sock.connect(("127.0.0.1", port))
         self.buffer = b""
-        lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
+        host = host or f"127.0.0.1:{port}"
+        lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Upgrade: websocket", "Connection: Upgrade",
                  "Sec-WebSocket-Key: " + base64.b64encode(os.urandom(16)).decode(), "Sec-WebSocket-Version: 13"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
