@@ -17,6 +17,7 @@ import uvicorn
 from server.app import ChatApp
 from server.config import Settings
 from server.db.migrate import upgrade_to_head
+from server.web import log_safety
 from server.web.http_protocols import http_protocol
 from server.web.ws_protocol import ChatWebSocketProtocol
 
@@ -67,6 +68,7 @@ def uvicorn_config(app: ChatApp, settings: Settings, host: str, port: int) -> uv
 
 
 async def serve(settings: Settings, host: str, port: int) -> None:
+    log_safety.install()  # what a client sends cannot forge a log line (server/web/log_safety.py)
     await upgrade_to_head(settings)
     app = ChatApp(settings, bound_to_loopback=_loopback(host))
     server = ChatServer(uvicorn_config(app, settings, host, port), app)
