@@ -52,7 +52,8 @@ def uvicorn_config(app: ChatApp, settings: Settings, host: str, port: int) -> uv
         host=host,
         port=port,
         lifespan="on",
-        http=http_protocol(settings.request_timeout_s),  # uvicorn's, with a deadline for the whole request
+        # uvicorn's, with deadlines for a whole request and for a client that does not read.
+        http=http_protocol(settings.request_timeout_s, settings.send_timeout_s),
         # Limits below the message layer: continuation/ping/pong frames, fragments, slow readers.
         ws=ChatWebSocketProtocol.configured(settings.max_frames_per_second, settings.send_timeout_s),
         log_config=None,  # ours, set up in cli

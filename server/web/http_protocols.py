@@ -9,6 +9,11 @@ sent (the next request on a keep-alive connection), and is cancelled once the re
 the connection is upgraded to a WebSocket; when it fires on an unfinished request, the connection
 is closed. This belongs upstream (a `timeout_request` beside `timeout_keep_alive`); until then it
 is a subclass of whichever protocol uvicorn's "auto" would choose (httptools if installed, else h11).
+
+Likewise a client that never reads its response: uvicorn waits for the transport to drain with no
+timeout, holding the response (a history page is up to about 1 MiB) for as long as the client
+likes. Once the transport asks us to pause writing, a timer runs (CHAT_SEND_TIMEOUT_S, as for
+sockets); if writing is still paused when it fires, the connection is aborted.
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ class RequestDeadline:
     """The timer, shared by both protocols; each says when its request is whole."""
 
     request_timeout_s = 10.0
+    slow_reader_s = 10.0
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
     client: tuple[str, int] | None
     _request_timer: asyncio.TimerHandle | None = None
+    _slow_timer: asyncio.TimerHandle | None = None
 
     def _arm(self) -> None:
         self._disarm()
@@ -43,6 +50,21 @@ class RequestDeadline:
 
     def _request_whole(self) -> bool:
         raise NotImplementedError
+
+    def _writing_paused(self) -> None:
+        if self._slow_timer is None:
+            self._slow_timer = self.loop.call_later(self.slow_reader_s, self._slow_reader)
+
+    def _writing_resumed(self) -> None:
+        if self._slow_timer is not None:
+            self._slow_timer.cancel()
+            self._slow_timer = None
+
+    def _slow_reader(self) -> None:
+        self._slow_timer = None
+        log.info("aborting a connection from %r: it read nothing for %gs", self.client and self.client[0],
+                 self.slow_reader_s)
+        self.transport.abort()
 
     def _request_expired(self) -> None:
         self._request_timer = None
@@ -59,7 +81,16 @@ class H11WithDeadline(RequestDeadline, H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._writing_resumed()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._writing_paused()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._writing_resumed()
 
     def _request_whole(self) -> bool:
         # h11: IDLE until the request line and headers are in, SEND_BODY until the body is.
@@ -95,7 +126,16 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._writing_resumed()
             super().connection_lost(exc)
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            self._writing_paused()
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self._writing_resumed()
 
         def _request_whole(self) -> bool:
             return self._whole
@@ -121,7 +161,7 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
     return HttpToolsWithDeadline
 
 
-def http_protocol(request_timeout_s: float) -> type[asyncio.Protocol]:
-    """The protocol class for uvicorn.Config(http=...): uvicorn's "auto" choice, with the deadline."""
+def http_protocol(request_timeout_s: float, slow_reader_s: float) -> type[asyncio.Protocol]:
+    """The protocol class for uvicorn.Config(http=...): uvicorn's "auto" choice, with the deadlines."""
     base: Any = _httptools_protocol() or H11WithDeadline
-    return type(base.__name__, (base,), {"request_timeout_s": request_timeout_s})
+    return type(base.__name__, (base,), {"request_timeout_s": request_timeout_s, "slow_reader_s": slow_reader_s})

@@ -332,3 +332,42 @@ async def test_handshakes_and_requests_that_never_finish_are_closed_within_10_s(
         assert (await http.get("/healthz")).status_code == 200
         await asyncio.sleep(1)
         assert (await http.get("/healthz")).status_code == 200
+
+
+@aio
+async def test_http_pages_never_read_are_dropped_after_the_send_timeout(make_server):
+    server = make_server("sqlite", CHAT_SEND_TIMEOUT_S=2)
+    token, conversation_id = await big_conversation(server, turns=10)
+    base = rss_mb(server.pid)
+    request = (f"GET /api/conversations/{conversation_id}/messages?limit=200 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               f"Authorization: Bearer {token}\r\n\r\n").encode()
+    readers = []
+    for _ in range(10):  # 20 pipelined requests of a 1 MiB page each: more than the kernel's buffers hold
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", server.port))
+        s.sendall(request * 20)
+        readers.append(s)
+    peak = base
+    for _ in range(12):
+        await asyncio.sleep(0.5)
+        peak = max(peak, rss_mb(server.pid))
+
+    def outcome(s: socket.socket) -> str:
+        s.settimeout(3)
+        n = 0
+        try:
+            while chunk := s.recv(1 << 20):
+                n += len(chunk)
+        except ConnectionResetError:
+            return "dropped"
+        except TimeoutError:
+            return f"still open after {n} bytes"
+        return "dropped" if n < 10 * 2**20 else f"answered ({n} bytes)"  # cut short: 20 pages are ~19 MiB
+
+    outcomes = [await asyncio.to_thread(outcome, s) for s in readers]
+    for s in readers:
+        s.close()
+    print(f"10 connections x 20 unread HTTP pages: server RSS {base:.0f} -> {peak:.0f} MB; {outcomes}")
+    assert all(o == "dropped" for o in outcomes), outcomes
+    assert peak - base < RSS_BOUND_MB
