@@ -62,6 +62,8 @@ class KeyedBuckets:
         if bucket is None:
             if len(self._buckets) >= self.max_keys:
                 self._buckets = {k: b for k, b in self._buckets.items() if not b.full()}
+                if len(self._buckets) >= self.max_keys:  # a spray of keys: forget the oldest half
+                    self._buckets = dict(list(self._buckets.items())[self.max_keys // 2:])
             bucket = self._buckets[key] = TokenBucket(self.per_minute / 60, self.per_minute, self.clock)
         return 0.0 if bucket.take() else max(bucket.wait_s(), 0.001)
 

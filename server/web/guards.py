@@ -8,6 +8,7 @@ X-Forwarded-For when the peer is a trusted proxy (CHAT_TRUSTED_PROXIES).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -28,8 +29,18 @@ class TooMany(Exception):
 
 
 def client_address(scope: Mapping[str, Any]) -> str:
+    """The key of the per-address limits: an IPv4 address, or an IPv6 address's /64 (one host
+    usually has a whole /64, so counting single IPv6 addresses would limit nothing)."""
     client = scope.get("client")
-    return client[0] if client else "unknown"
+    if not client:
+        return "unknown"
+    try:
+        ip = ipaddress.ip_address(client[0])
+    except ValueError:
+        return str(client[0])
+    if ip.version == 6 and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip.ipv4_mapped or ip) if ip.version == 6 else str(ip)
 
 
 LOCAL_HOSTS = ["localhost", "127.0.0.1", "::1"]
