@@ -27,6 +27,10 @@ class Settings(BaseSettings):
 
     auth_secret: SecretStr | None = None
     allowed_origins: Annotated[list[str], NoDecode] = []
+    # Host header values served (names, without port; "*.example.com" for subdomains). A page on
+    # a DNS-rebinding name passes the Origin check, because its Origin and Host agree; only the
+    # Host tells it apart. Empty: local names when bound to loopback, else any (set it in production).
+    allowed_hosts: Annotated[list[str], NoDecode] = []
 
     max_message_chars: int = Field(default=32_000, ge=1)
     # Abuse limits (per user unless said otherwise).
@@ -34,12 +38,28 @@ class Settings(BaseSettings):
     flood_close_after: int = Field(default=20, ge=1)  # rate-limited messages on one socket, then close 1008
     max_sockets_per_user: int = Field(default=10, ge=1)  # past it: close 1013
     max_frames_per_second: float = Field(default=50.0, gt=0)  # per socket, any frame; sustained excess: 1008
+    # Open mode: new users (token-less handshakes) per client address per minute, so that
+    # reconnecting without a token does not escape every per-user limit; past it: HTTP 429. 0: none.
+    open_mode_users_per_minute: int = Field(default=60, ge=0)
+    # Open mode: the life of a minted token; every `ready` hands out a fresh one, so only a user
+    # away for longer than this becomes a new user.
+    open_mode_token_ttl_s: float = Field(default=30 * 86400, gt=0)
+    # HTTP API requests per minute (bursts of that many), per user and per client address;
+    # past it: 429 with Retry-After. 0: no limit.
+    http_requests_per_minute: int = Field(default=300, ge=0)
+    http_requests_per_minute_per_address: int = Field(default=600, ge=0)
+    # Peers trusted to name the client in X-Forwarded-For (uvicorn's forwarded_allow_ips): the
+    # address the per-address limits count. Comma-separated IPs or networks; "*" trusts everyone.
+    trusted_proxies: str = "127.0.0.1"
     # Off by default: chat frames are small (a delta is ~100 bytes), so compression saves little,
     # and a socket that negotiates it (browsers do) costs ~37 KiB more of zlib state and ~40% more
     # server CPU per turn (docs/benchmarks.md).
     ws_per_message_deflate: bool = False
     max_waiting: int = Field(default=8, ge=0)
     send_timeout_s: float = Field(default=10.0, gt=0)
+    # A connection that has not sent a whole request (headers and body) this long after opening,
+    # or after its previous response, is closed: uvicorn alone waits forever (slowloris).
+    request_timeout_s: float = Field(default=10.0, gt=0)
     ws_ping_interval_s: float = Field(default=20.0, ge=0)
     shutdown_grace_s: float = Field(default=6.0, gt=0)
 
@@ -90,6 +110,13 @@ class Settings(BaseSettings):
     def _split_origins(cls, v: object) -> object:
         if isinstance(v, str):
             return [o.strip().rstrip("/") for o in v.split(",") if o.strip()]
+        return v
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [h.strip().lower() for h in v.split(",") if h.strip()]
         return v
 
     @field_validator("auth_secret")

@@ -22,6 +22,8 @@ from server.app import ChatApp
 from server.config import Settings
 from server.db.migrate import upgrade_to_head
 from server.operator_errors import OperatorError, explain_database_error
+from server.web import log_safety
+from server.web.http_protocols import http_protocol
 from server.web.ws_protocol import ChatWebSocketProtocol
 
 log = logging.getLogger(__name__)
@@ -85,7 +87,10 @@ def uvicorn_config(app: ChatApp, settings: Settings, host: str, port: int) -> uv
         host=host,
         port=port,
         lifespan="on",
-        ws=ChatWebSocketProtocol,
+        # uvicorn's, with deadlines for a whole request and for a client that does not read.
+        http=http_protocol(settings.request_timeout_s, settings.send_timeout_s),
+        # Limits below the message layer: continuation/ping/pong frames, fragments, slow readers.
+        ws=ChatWebSocketProtocol.configured(settings.max_frames_per_second, settings.send_timeout_s),
         log_config=None,  # ours, set up in cli
         access_log=False,
         ws_max_size=settings.max_frame_bytes,  # bigger frames close with 1009; also caps inflated size
@@ -94,6 +99,7 @@ def uvicorn_config(app: ChatApp, settings: Settings, host: str, port: int) -> uv
         ws_ping_timeout=settings.ws_ping_interval_s or None,
         timeout_graceful_shutdown=3,
         server_header=False,
+        forwarded_allow_ips=settings.trusted_proxies,  # whose X-Forwarded-For the per-address limits count
     )
 
 
@@ -189,11 +195,12 @@ async def last_server_mode(settings: Settings) -> str | None:
 
 
 async def serve(settings: Settings, host: str, port: int) -> None:
+    log_safety.install()  # what a client sends cannot forge a log line (server/web/log_safety.py)
     sock = listen(host, port)
     try:
         await prepare_database(settings)
         await record_server_mode(settings)
-        app = ChatApp(settings)
+        app = ChatApp(settings, bound_to_loopback=_loopback(host))
         shown_host = f"[{host}]" if ":" in host else host
         start_line = (f"chat-server on http://{shown_host}:{sock.getsockname()[1]} (database "
                       f"{_redact(settings.database_url)}, {describe_model(settings)}, "
@@ -208,3 +215,14 @@ def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Select, and_, bindparam, delete, exists, insert, literal_column, or_, select, text, update
 from sqlalchemy.engine import Connection
 
 from server.db.schema import conversations, messages, replies_in_flight, server_secrets
 
 TITLE_CHARS = 80
+PAGE_CONTENT_BYTES = 1 << 20  # PROTOCOL.md: a history page holds about 1 MiB of content at most
 
 
 def new_id() -> str:
@@ -349,14 +351,29 @@ class Store:
         return self.conn.execute(_SEQ_OF, {"p_message": message_id, "p_conversation": conversation_id}).scalar()
 
     def page(self, conversation_id: str, before_seq: int | None, limit: int) -> tuple[list[Message], bool]:
-        """The newest `limit` messages older than `before_seq`, oldest first, and whether more remain."""
+        """The newest `limit` messages older than `before_seq`, oldest first, and whether more remain.
+
+        Fewer when they are large: a page holds at most PAGE_CONTENT_BYTES of content as sent (JSON-
+        escaped), and always at least one message, so that one request cannot make a huge answer
+        (200 messages of 32,000 control characters is 38 MB) that a client then leaves unread."""
         query = select(*MESSAGE_COLUMNS).where(messages.c.conversation_id == conversation_id)
         if before_seq is not None:
             query = query.where(messages.c.seq < before_seq)
         result = self.conn.execute(query.order_by(messages.c.seq.desc()).limit(limit + 1))
-        rows = [Message(*row) for row in result]
-        has_more = len(rows) > limit
-        return list(reversed(rows[:limit])), has_more
+        rows: list[Message] = []
+        size = 0
+        has_more = False
+        try:
+            for row in result:
+                message = Message(*row)
+                size += len(orjson.dumps(message.content))
+                if len(rows) == limit or (rows and size > PAGE_CONTENT_BYTES):
+                    has_more = True
+                    break
+                rows.append(message)
+        finally:
+            result.close()
+        return list(reversed(rows)), has_more
 
     def history(self, conversation_id: str, user_id: str, before: str | None,
                 limit: int) -> tuple[list[Message], bool]:

@@ -47,6 +47,13 @@ class Socket:
         else:
             await self._send({"type": "websocket.close", "code": 1008, "reason": reason})
 
+    async def refuse_http(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        """Before accept: answer the handshake with this HTTP status (ASGI websocket.http.response)."""
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+        await self._send({"type": "websocket.http.response.start", "status": status,
+                          "headers": [(b"content-type", b"text/plain; charset=utf-8"), *raw]})
+        await self._send({"type": "websocket.http.response.body", "body": detail.encode()})
+
     # -- frames --------------------------------------------------------------------------------
     async def receive(self) -> Incoming:
         while True:
