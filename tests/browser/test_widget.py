@@ -289,18 +289,22 @@ def test_older_history_pages_in_when_scrolling_up(make_server: Any, page: Any) -
 
 def test_stop_cancels_the_reply_and_shows_it_cancelled(make_server: Any, page: Any) -> None:
     server = make_server("sqlite", CHAT_ECHO_DELAY_MS=150)
+    sent: list[dict[str, Any]] = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(json.loads(payload))))
     open_chat(page, server.base_url + "/")
     stop = page.get_by_role("button", name="Stop", exact=True)
     expect(stop).to_be_hidden()
     send(page, "please stop " + words(40))
     streaming = replies(page, "streaming")
     expect(streaming.locator(".cw-bubble")).to_contain_text("said")
+    reply_id = streaming.get_attribute("data-id")
     stop.click()
 
     cancelled = replies(page, "cancelled")
     expect(cancelled).to_have_count(1)
     expect(cancelled.locator(".cw-status")).to_have_text("Cancelled")
     expect(stop).to_be_hidden()
+    assert [f for f in sent if f["type"] == "cancel"] == [{"type": "cancel", "message_id": reply_id}]
     rest = Rest(server, saved(page, "token"))
     stored = rest.all_messages(only_conversation(rest)["id"])
     assert [m["status"] for m in stored] == ["complete", "cancelled"]

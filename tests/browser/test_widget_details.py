@@ -1,0 +1,168 @@
+"""The widget's details in Chromium: the caret, statuses, refused messages, Markdown, the paged side
+list, and token mode (not signed in; a token handed over in the address)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+import jwt
+from support.client import words
+from test_widget import (
+    expect,
+    message_box,
+    open_chat,
+    replies,
+    saved,
+    send,
+)
+from websockets.sync.client import connect
+
+
+def test_the_caret_sits_at_the_end_of_the_last_line_while_a_reply_streams(make_server: Any, page: Any) -> None:
+    server = make_server("sqlite", CHAT_ECHO_DELAY_MS=150)
+    open_chat(page, server.base_url + "/")
+    send(page, "short " + words(30))
+    streaming = replies(page, "streaming")
+    expect(streaming.locator(".cw-bubble")).to_contain_text("w3")
+    where = page.evaluate("""() => {
+        const root = document.querySelector('#chat').shadowRoot;
+        const caret = root.querySelector('.cw-assistant[data-status=streaming] .cw-caret');
+        const p = caret.parentElement;
+        let text = p.lastChild.previousSibling;  // the text just before the caret
+        while (text && text.nodeType !== Node.TEXT_NODE) text = text.lastChild;
+        const range = document.createRange();
+        const end = text.textContent.trimEnd().length;
+        range.setStart(text, end - 1);
+        range.setEnd(text, end);
+        const word = range.getBoundingClientRect();
+        const box = caret.getBoundingClientRect();
+        return {parent: p.tagName, isLast: p === p.parentElement.lastElementChild,
+                wordTop: word.top, wordBottom: word.bottom, caretTop: box.top, caretBottom: box.bottom,
+                caretLeft: box.left, wordRight: word.right};
+    }""")
+    assert where["parent"] == "P" and where["isLast"], where
+    middle = (where["caretTop"] + where["caretBottom"]) / 2
+    assert where["wordTop"] <= middle <= where["wordBottom"], f"the caret is not on the last line: {where}"
+    assert where["caretLeft"] >= where["wordRight"], where
+    expect(streaming.locator(".cw-status")).to_have_text("Replying…")
+    complete = replies(page, "complete")
+    expect(complete).to_have_count(1)
+    expect(complete.locator(".cw-caret")).to_have_count(0)
+    expect(complete.locator(".cw-status")).to_have_count(0)
+
+
+def test_a_reply_that_fails_before_its_first_word_shows_no_empty_bubble(make_server: Any, page: Any) -> None:
+    server = make_server("sqlite", CHAT_ECHO_DELAY_MS=5000, CHAT_LLM_TIMEOUT_S=1)
+    open_chat(page, server.base_url + "/")
+    send(page, "nothing comes back")
+    failed = replies(page, "error")
+    expect(failed).to_have_count(1)
+    expect(failed.locator(".cw-status")).to_contain_text("Error: ")
+    expect(failed.locator(".cw-bubble")).to_have_count(0)
+    page.reload()  # the same from history
+    expect(replies(page, "error")).to_have_count(1)
+    expect(replies(page, "error").locator(".cw-bubble")).to_have_count(0)
+
+
+def test_a_message_too_large_goes_back_into_the_box_instead_of_retrying(make_server: Any, page: Any) -> None:
+    server = make_server("sqlite", CHAT_MAX_MESSAGE_CHARS=20)
+    open_chat(page, server.base_url + "/")
+    text = "this is longer than twenty characters"
+    send(page, text)
+    failed = page.locator(".cw-pending[data-state=failed]")
+    expect(failed).to_have_count(1)
+    expect(failed).to_contain_text("Not sent:")
+    expect(failed.get_by_role("button", name="Retry", exact=True)).to_have_count(0)
+    box = message_box(page)
+    box.fill("draft")
+    failed.get_by_role("button", name="Edit", exact=True).click()
+    expect(page.locator(".cw-pending")).to_have_count(0)
+    expect(box).to_have_value(text + "\ndraft")
+    expect(box).to_be_focused()
+    assert saved(page, "outbox") == []
+
+
+def test_markdown_bold_that_ends_with_emphasis_leaves_no_stray_star(make_server: Any, page: Any) -> None:
+    server = make_server("sqlite")
+    open_chat(page, server.base_url + "/")
+    html = page.evaluate("""() => {
+        const render = t => { const d = document.createElement('div'); d.appendChild(ChatWidget.renderMarkdown(t));
+                              return d.innerHTML; };
+        return ['**so *nice***', 'a **b** and **c**', '*x* **y**', '**<i>z</i>**'].map(render);
+    }""")
+    assert html == ["<p><strong>so <em>nice</em></strong></p>",
+                    "<p>a <strong>b</strong> and <strong>c</strong></p>",
+                    "<p><em>x</em> <strong>y</strong></p>",
+                    "<p><strong>&lt;i&gt;z&lt;/i&gt;</strong></p>"], html
+    send(page, "**so *nice***")
+    reply = replies(page, "complete").locator(".cw-bubble")
+    expect(reply).to_have_text("You said: so nice")
+    expect(reply.locator("strong em")).to_have_text("nice")
+
+
+def test_the_side_list_loads_older_conversations_as_it_scrolls(make_server: Any, page: Any) -> None:
+    server = make_server("sqlite", CHAT_ECHO_DELAY_MS=0, CHAT_RATE_LIMIT_PER_MINUTE=1000)
+    open_chat(page, server.base_url + "/")
+    token = saved(page, "token")
+    total = 45
+    with connect(f"{server.ws_url}?token={token}", open_timeout=15) as ws:
+        assert json.loads(ws.recv(timeout=15))["type"] == "ready"
+        for i in range(total):
+            ws.send(json.dumps({"type": "message", "content": f"topic {i:02d}", "conversation_id": None}))
+            while json.loads(ws.recv(timeout=15))["type"] != "done":
+                pass
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url) if "/api/conversations?" in r.url else None)
+    page.reload()
+    items = page.locator(".cw-conv")
+    expect(items.first).to_contain_text("topic 44")
+    assert items.count() < total, "every conversation came at once, not a page"
+    nav = page.get_by_role("navigation", name="Your conversations")
+    for _ in range(10):
+        if items.count() == total:
+            break
+        before = items.count()
+        nav.hover()
+        page.mouse.wheel(0, 20_000)
+        expect(items).not_to_have_count(before)
+    expect(items).to_have_count(total)
+    titles = page.locator(".cw-conv-title").all_inner_texts()
+    assert titles == [f"topic {i:02d}" for i in reversed(range(total))]
+    assert any("before=" in url for url in requests), requests
+
+
+SECRET = secrets.token_urlsafe(48)
+
+
+def test_token_mode_without_a_token_says_not_signed_in_and_stops_retrying(make_server: Any, page: Any) -> None:
+    server = make_server("sqlite", CHAT_AUTH_SECRET=SECRET)
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    page.goto(server.base_url + "/")
+    state = page.locator(".cw-conn")
+    expect(state).to_have_attribute("data-state", "unauthorized")
+    expect(state.get_by_role("status")).to_have_text("Not signed in")
+    expect(page.locator(".cw-signin")).to_be_visible()
+    expect(page.locator(".cw-signin")).to_contain_text("#token=")
+    attempts = len(sockets)
+    assert 1 <= attempts <= 3, sockets
+    time.sleep(4)  # the backoff would have tried again by now
+    assert len(sockets) == attempts, f"it kept retrying: {sockets}"
+    expect(state).to_have_attribute("data-state", "unauthorized")
+
+    # A site that signed the person in sends them to /#token=…: the page takes it and hides it.
+    token = jwt.encode({"sub": "user-from-the-site"}, SECRET, algorithm="HS256")
+    page.goto("about:blank")  # a new load, not a jump within the same page
+    page.goto(server.base_url + "/#token=" + token)
+    expect(state).to_have_attribute("data-state", "connected")
+    assert page.evaluate("location.hash") == ""
+    assert page.url == server.base_url + "/"
+    assert saved(page, "token") == token
+    send(page, "signed in")
+    expect(replies(page, "complete")).to_have_count(1)
+    page.reload()  # kept in storage
+    expect(state).to_have_attribute("data-state", "connected")
+    expect(replies(page, "complete")).to_have_count(1)
