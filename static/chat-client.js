@@ -118,7 +118,10 @@
     this.session.set("tab", id);
     this.renewLease(id);
     var self = this;
-    this.leaseTimer = setInterval(function () { self.renewLease(self.tabId); }, this.opts.leaseMs);
+    this.leaseTimer = setInterval(function () {
+      self.renewLease(self.tabId);
+      if (self.adoptOrphans()) self.pump(); // a tab that closed (or crashed) while we were open
+    }, this.opts.leaseMs);
     return id;
   };
   P.renewLease = function (id) { this.store.set("lease:" + id, String(Date.now())); };
