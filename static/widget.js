@@ -804,13 +804,20 @@
     var self = this;
     var key = this.view.key;
     var client = this.client;
-    var items = this.view.messages.map(function (m) { return { key: "m:" + m.id, msg: m }; });
     var paused = client.state !== "connected";
+    var live = {};
     client.streaming(key).forEach(function (r) {
-      if (self.hasMessage(r.id)) return;
-      items.push({ key: "m:" + r.id, live: r.id,
-                   msg: { id: r.id, role: "assistant", content: r.text, status: paused ? "paused" : "streaming" } });
+      live[r.id] = { key: "m:" + r.id, live: r.id,
+                     msg: { id: r.id, role: "assistant", content: r.text, status: paused ? "paused" : "streaming" } };
     });
+    // A reply still streaming may already be in a history page (the text stored so far): the live
+    // one is shown in its place until its `done`.
+    var items = this.view.messages.map(function (m) {
+      var item = live[m.id] || { key: "m:" + m.id, msg: m };
+      delete live[m.id];
+      return item;
+    });
+    Object.keys(live).forEach(function (id) { items.push(live[id]); });
     var confirmed = {};
     this.view.messages.forEach(function (m) { if (m.client_id) confirmed[m.client_id] = true; });
     this.entries().forEach(function (e) {
