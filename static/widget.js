@@ -525,8 +525,8 @@
     return this.client.conversations(null, this.opts.convPageSize).then(function (page) {
       var first = {};
       page.items.forEach(function (c) { first[c.id] = true; });
-      var older = self.convsLoadedMore ? self.convs.filter(function (c) { return !first[c.id]; })
-        .slice(Math.max(0, self.convs.length - self.olderCount())) : [];
+      // Everything loaded before and not on the new first page is older than all of it.
+      var older = self.convsLoadedMore ? self.convs.filter(function (c) { return !first[c.id]; }) : [];
       self.convs = page.items.concat(older);
       if (!self.convsLoadedMore) self.convsHasMore = page.has_more;
       self.renderList();
@@ -534,8 +534,6 @@
       self.fillList();
     }).catch(function () { /* offline: the list stays as it was */ });
   };
-
-  Widget.prototype.olderCount = function () { return Math.max(0, this.convs.length - this.opts.convPageSize); };
 
   /** The next page of the side list (?before=<the last one>). */
   Widget.prototype.loadMoreConversations = function () {
