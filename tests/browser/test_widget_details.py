@@ -166,3 +166,30 @@ def test_token_mode_without_a_token_says_not_signed_in_and_stops_retrying(make_s
     page.reload()  # kept in storage
     expect(state).to_have_attribute("data-state", "connected")
     expect(replies(page, "complete")).to_have_count(1)
+
+
+def test_the_client_runs_without_a_dom_in_a_worker(make_server: Any, page: Any) -> None:
+    """chat-client.js alone, in a Web Worker (no document, no localStorage): a bot's view of it."""
+    server = make_server("sqlite")
+    page.goto(server.base_url + "/static/chat-client.js")  # any page of the server's origin
+    done = page.evaluate("""base => new Promise((resolve, reject) => {
+        const code = `
+            importScripts(${JSON.stringify(base + "/static/chat-client.js")});
+            const client = new ChatClient({server: ${JSON.stringify(base)}});
+            const seen = {states: [], pieces: 0};
+            client.on("state", s => seen.states.push(s));
+            client.on("reply", (r, piece) => { if (piece !== undefined) seen.pieces++; });
+            client.on("done", r => postMessage({reply: r, seen, outbox: client.entries().length,
+                                                hasDocument: typeof document !== "undefined"}));
+            client.connect();
+            client.send("hello from a worker", ChatClient.newKey());`;
+        const worker = new Worker(URL.createObjectURL(new Blob([code], {type: "text/javascript"})));
+        worker.onmessage = e => { worker.terminate(); resolve(e.data); };
+        worker.onerror = e => reject(new Error(e.message));
+        setTimeout(() => reject(new Error("no reply in 15 s")), 15000);
+    })""", server.base_url)
+    assert done["hasDocument"] is False
+    assert done["reply"]["status"] == "complete"
+    assert done["reply"]["content"] == "You said: hello from a worker"
+    assert done["seen"]["pieces"] >= 4 and done["seen"]["states"][-1] == "connected", done
+    assert done["outbox"] == 0
