@@ -592,15 +592,24 @@
                    content: String(frame.content || ""), error: frame.error,
                    reply_to: reply ? reply.reply_to : (ownTurn ? turn.userMessageId : undefined) };
     if (ownTurn) {
-      this.removeEntry(turn.clientId);
       this.turn = null;
       this.inflight = null;
     }
-    var before = this.outbox.length;
+    // The message this reply answers leaves the outbox, unless the reply was interrupted (its
+    // server shut down or died): then it is sent again with its client_id, which generates a new
+    // reply, at most twice.
+    var changed = false;
     this.outbox = this.outbox.filter(function (e) {
-      return !(e.following === id || (result.reply_to && e.message_id === result.reply_to));
+      var answered = (ownTurn && e.client_id === turn.clientId) || e.following === id ||
+                     (result.reply_to && e.message_id === result.reply_to);
+      if (!answered) return true;
+      changed = true;
+      e.following = null;
+      if (frame.status !== "interrupted" || (e.regenerated || 0) >= 2) return false;
+      e.regenerated = (e.regenerated || 0) + 1;
+      return true;
     });
-    if (this.outbox.length !== before) this.saveOutbox();
+    if (changed) this.saveOutbox();
     if (this.finished.indexOf(id) < 0) {
       this.finished.push(id);
       if (this.finished.length > 200) this.finished.shift();
