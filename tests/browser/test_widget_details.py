@@ -193,3 +193,52 @@ def test_the_client_runs_without_a_dom_in_a_worker(make_server: Any, page: Any) 
     assert done["reply"]["content"] == "You said: hello from a worker"
     assert done["seen"]["pieces"] >= 4 and done["seen"]["states"][-1] == "connected", done
     assert done["outbox"] == 0
+
+
+def test_the_client_drops_repeated_deltas_and_asks_again_after_a_gap(make_server: Any, page: Any) -> None:
+    """Frames fed to ChatClient through a fake socket: dedup by seq, and a gap is replayed, not papered over."""
+    server = make_server("sqlite")
+    page.goto(server.base_url + "/static/chat-client.js")
+    out = page.evaluate("""base => new Promise(resolve => {
+        const sockets = [];
+        class FakeSocket {
+            constructor(url) { this.url = url; this.sent = []; sockets.push(this);
+                               setTimeout(() => this.onopen && this.onopen(), 0); }
+            send(data) { this.sent.push(JSON.parse(data)); }
+            close() {}
+            feed(frame) { this.onmessage({data: JSON.stringify(frame)}); }
+        }
+        const s = document.createElement('script');
+        s.src = base + '/static/chat-client.js';
+        s.onload = () => {
+            const client = new ChatClient({server: base, WebSocket: FakeSocket, storage: null, session: null});
+            const texts = [];
+            const done = [];
+            client.on('reply', r => texts.push(r.text));
+            client.on('done', r => done.push(r));
+            client.connect();
+            const ws = sockets[0];
+            ws.feed({type: 'ready', protocol: 'chat.v1', user_id: 'u1', conversation_id: null, token: 't',
+                     replies_in_flight: [{conversation_id: 'c1', message_id: 'r1', reply_to: 'm1', seq: 0}]});
+            ws.feed({type: 'start', conversation_id: 'c1', message_id: 'r1', reply_to: 'm1'});
+            ws.feed({type: 'delta', message_id: 'r1', seq: 1, content: 'a '});
+            ws.feed({type: 'delta', message_id: 'r1', seq: 2, content: 'b '});
+            ws.feed({type: 'delta', message_id: 'r1', seq: 2, content: 'b '});   // again: dropped
+            ws.feed({type: 'delta', message_id: 'r1', seq: 4, content: 'd '});   // a gap: resume after 2
+            ws.feed({type: 'start', conversation_id: 'c1', message_id: 'r1', reply_to: 'm1'});
+            ws.feed({type: 'delta', message_id: 'r1', seq: 3, content: 'c '});
+            ws.feed({type: 'delta', message_id: 'r1', seq: 4, content: 'd'});
+            ws.feed({type: 'done', conversation_id: 'c1', message_id: 'r1', status: 'complete', content: 'a b c d'});
+            ws.feed({type: 'done', conversation_id: 'c1', message_id: 'r1', status: 'complete', content: 'a b c d'});
+            resolve({url: ws.url, sent: ws.sent, texts, done, streaming: client.streaming('c1').length});
+        };
+        document.head.appendChild(s);
+    })""", server.base_url)
+    assert out["url"].endswith("/ws?token=t&sync=1") or out["url"].endswith("/ws?sync=1"), out["url"]
+    assert out["sent"] == [{"type": "resume", "message_id": "r1", "after": 0},
+                           {"type": "resume", "message_id": "r1", "after": 2}], out["sent"]
+    assert out["texts"][-1] == "a b c d"
+    assert all("a b c d".startswith(t) for t in out["texts"]), out["texts"]
+    assert len(out["done"]) == 1, "a second done for the same reply was passed on"
+    assert out["done"][0]["content"] == "a b c d" and out["done"][0]["reply_to"] == "m1"
+    assert out["streaming"] == 0
