@@ -261,8 +261,8 @@
     });
     client.on("reply", function (reply, piece) {
       if (reply.conversation_id !== self.view.key) return;
-      if (piece === undefined) { // started, or resumed
-        self.live.textContent = reply.text;
+      if (piece === undefined) { // started, or resumed: screen readers hear only what is new
+        self.live.textContent = "";
         self.renderThread();
       } else {
         self.live.appendChild(document.createTextNode(piece));
