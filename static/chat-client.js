@@ -50,6 +50,16 @@
    *   conversation_deleted(id)
    *   failed(entry)           a message was refused and cannot be sent as it is (entry.failed)
    *   notice(text)            something to tell the person
+   *
+   * METHODS: connect(), send(content, conversationKey) → entry, cancel(replyId?), retry(clientId, conv?),
+   *   discard(clientId), entries(), entryState(entry), busy(), streaming(conversationId),
+   *   conversations(before?, limit?), history(conversationId, before?, limit?), deleteConversation(id),
+   *   forgetConversation(id, deletedHere), setToken(token), reconnectNow(), offline(), leaveTab(),
+   *   returnToTab(), close(). ChatClient.newKey() names a conversation not created yet.
+   *
+   * OPTIONS: server, token, WebSocket, fetch, storage (localStorage-like; null: memory only),
+   *   session (sessionStorage-like, for the tab id), sync (default true), backoffBaseMs,
+   *   backoffMaxMs, readyTimeoutMs, requestTimeoutMs, leaseMs.
    */
   function ChatClient(options) {
     this.opts = assign({}, DEFAULTS, options || {});
@@ -116,13 +126,31 @@
     var id = this.session.get("tab");
     if (!id || this.leaseFresh(id)) id = uuid().slice(0, 8); // a duplicated tab copies session storage
     this.session.set("tab", id);
-    this.renewLease(id);
+    this.tabId = id;
+    this.holdLease();
+    return id;
+  };
+
+  P.holdLease = function () {
     var self = this;
+    clearInterval(this.leaseTimer);
+    this.renewLease(this.tabId);
     this.leaseTimer = setInterval(function () {
       self.renewLease(self.tabId);
       if (self.adoptOrphans()) self.pump(); // a tab that closed (or crashed) while we were open
     }, this.opts.leaseMs);
-    return id;
+  };
+
+  /** The page goes away (pagehide): give up the claim, so the next tab may adopt what is unsent. */
+  P.leaveTab = function () {
+    clearInterval(this.leaseTimer);
+    this.store.set("lease:" + this.tabId, null);
+  };
+
+  /** The page came back (from the back/forward cache): claim the outbox again and reconnect. */
+  P.returnToTab = function () {
+    this.holdLease();
+    this.reconnectNow();
   };
   P.renewLease = function (id) { this.store.set("lease:" + id, String(Date.now())); };
   P.leaseFresh = function (id) {
@@ -291,9 +319,8 @@
     clearTimeout(this.retryTimer);
     clearTimeout(this.readyTimer);
     clearTimeout(this.pumpTimer);
-    clearInterval(this.leaseTimer);
     if (this.ws) this.ws.close(1000);
-    this.store.set("lease:" + this.tabId, null); // our outbox may be adopted by the next tab
+    this.leaveTab(); // our outbox may be adopted by the next tab
   };
 
   P.onClose = function (ws, ev) {

@@ -393,8 +393,8 @@
     this.onOffline = function () { client.offline(); };
     // Leaving the page gives up this tab's claim on its outbox: the next tab to start adopts what
     // is still unsent (a reload of this tab keeps its id and takes it back).
-    this.onPageHide = function () { client.store.set("lease:" + client.tabId, null); };
-    this.onPageShow = function (e) { if (e.persisted) { client.renewLease(client.tabId); client.reconnectNow(); } };
+    this.onPageHide = function () { client.leaveTab(); };
+    this.onPageShow = function (e) { if (e.persisted) client.returnToTab(); };
     window.addEventListener("online", this.onOnline);
     window.addEventListener("offline", this.onOffline);
     window.addEventListener("pagehide", this.onPageHide);

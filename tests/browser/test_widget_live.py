@@ -48,6 +48,12 @@ def new_tab(page: Any) -> Any:
     return tab
 
 
+def close_tab(tab: Any) -> None:
+    """Close a tab as a person does: its pagehide runs (and gives up its claim on its outbox)."""
+    with tab.expect_event("close"):
+        tab.close(run_before_unload=True)
+
+
 @pytest.fixture
 def proxied(make_server: Any) -> Iterator[Callable[..., tuple[Any, TcpProxy]]]:
     """A chat-server reached through a TcpProxy (the page's origin is the proxy's)."""
@@ -171,7 +177,7 @@ def test_each_tab_owns_its_unsent_messages_and_a_closed_tabs_are_delivered(
     assert sorted(boxes.values()) == [["typed in A"], ["typed in B"]], boxes
 
     page_b_tab = other.evaluate("sessionStorage.getItem(Object.keys(sessionStorage).find(k => k.endsWith(':tab')))")
-    other.close(run_before_unload=True)  # B closes with its message unsent
+    close_tab(other)  # B closes with its message unsent
     assert page_b_tab in outboxes(page)
 
     server.start()
@@ -201,7 +207,7 @@ def test_a_closed_tabs_unsent_message_is_shown_on_the_next_load(
     send(page, typed)
     expect(page.locator(".cw-pending")).to_have_count(1)
     context = page.context
-    page.close(run_before_unload=True)
+    close_tab(page)
 
     later = context.new_page()  # the next visit: another tab (its own id), the chat server still down
     later.goto(url)
