@@ -1,7 +1,8 @@
 """The widget across sockets and tabs, in Chromium: a reply that outlives its socket is resumed,
 other tabs' turns show up live, and each tab owns its unsent messages.
 
-The first two need the server side of chat.v1's resume, seq, replies_in_flight and ?sync=1.
+Resume, the other tabs' turns and Stop across tabs rely on the server side of chat.v1's resume,
+seq, replies_in_flight, ?sync=1 and cancel by message_id (the reply bus).
 """
 
 from __future__ import annotations
@@ -220,3 +221,30 @@ def test_a_closed_tabs_unsent_message_is_shown_on_the_next_load(
     expect(replies(later, "complete")).to_have_count(2)
     expect(later.locator(".cw-pending")).to_have_count(0)
     assert saved(later, "outbox") == []
+
+
+def test_stop_in_another_tab_cancels_the_reply_by_its_id(make_server: Any, page: Any) -> None:
+    server = make_server("sqlite", CHAT_ECHO_DELAY_MS=150)
+    open_chat(page, server.base_url + "/")
+    send(page, "first")
+    expect(replies(page, "complete")).to_have_count(1)
+    other = new_tab(page)
+    sent: list[dict[str, Any]] = []
+    other.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(json.loads(payload))))
+    open_chat(other, server.base_url + "/")
+
+    send(page, "stop me from the other tab " + words(40))
+    streaming = replies(other, "streaming")
+    expect(streaming.locator(".cw-bubble")).to_contain_text("said")
+    reply_id = streaming.get_attribute("data-id")
+    other.get_by_role("button", name="Stop", exact=True).click()
+
+    for tab in (page, other):
+        expect(replies(tab, "cancelled")).to_have_count(1)
+        expect(tab.get_by_role("button", name="Stop", exact=True)).to_be_hidden()
+    assert [f for f in sent if f["type"] == "cancel"] == [{"type": "cancel", "message_id": reply_id}]
+    rest = Rest(server, saved(page, "token"))
+    stored = rest.all_messages(only_conversation(rest)["id"])
+    assert [m["status"] for m in stored if m["role"] == "assistant"] == ["complete", "cancelled"]
+    assert saved(page, "outbox") == []
+    other.close()
