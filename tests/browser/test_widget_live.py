@@ -248,3 +248,22 @@ def test_stop_in_another_tab_cancels_the_reply_by_its_id(make_server: Any, page:
     assert [m["status"] for m in stored if m["role"] == "assistant"] == ["complete", "cancelled"]
     assert saved(page, "outbox") == []
     other.close()
+
+
+def test_a_reload_mid_reply_picks_the_reply_up_where_it_streams(make_server: Any, page: Any) -> None:
+    server = make_server("sqlite", CHAT_ECHO_DELAY_MS=100)
+    open_chat(page, server.base_url + "/")
+    text = "reload me " + words(40)
+    send(page, text)
+    expect(replies(page, "streaming").locator(".cw-bubble")).to_contain_text("w3")
+    page.reload()
+    expect_state(page, "connected")
+    expect(replies(page, "streaming").locator(".cw-bubble")).to_contain_text("said")  # streaming again
+    done = replies(page, "complete")
+    expect(done).to_have_count(1)
+    expect(done.locator(".cw-bubble")).to_have_text(f"You said: {text}")
+    assert replies(page).count() == 1 and user_bubbles(page, "reload me").count() == 1
+    rest = Rest(server, saved(page, "token"))
+    stored = rest.all_messages(only_conversation(rest)["id"])
+    assert [(m["role"], m["status"]) for m in stored] == [("user", "complete"), ("assistant", "complete")]
+    assert saved(page, "outbox") == []
