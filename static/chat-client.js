@@ -67,6 +67,7 @@
     this.wsUrl = this.base.replace(/^http/i, "ws") + "/ws"; // http→ws, https→wss
     this.WebSocket = this.opts.WebSocket || root.WebSocket;
     this.fetch = this.opts.fetch || (root.fetch && root.fetch.bind(root));
+    if (!this.WebSocket) throw new Error("ChatClient: no WebSocket here; pass one as options.WebSocket");
     this.store = new Store(this.opts.storage !== undefined ? this.opts.storage : safeStorage("localStorage"),
                            this.opts.prefix + this.base + ":");
     this.session = new Store(this.opts.session !== undefined ? this.opts.session : safeStorage("sessionStorage"),
