@@ -90,9 +90,10 @@ def test_a_reply_streaming_when_the_socket_drops_finishes_whole_and_once(
     streaming = replies(page, "streaming").locator(".cw-bubble")
     expect(streaming).to_contain_text("w5")
 
-    assert proxy.cut() >= 1  # the network drops; the reply goes on on the server
-    at_cut = page.evaluate("window.seen.length")
-    expect_state(page, "connected")  # reconnected through the proxy
+    with page.expect_websocket():  # the page opens a new socket (through the proxy) after
+        at_cut = page.evaluate("window.seen.length")
+        assert proxy.cut() >= 1  # the network drops; the reply goes on on the server
+    expect_state(page, "connected")
     assert len(sockets) == 2
 
     final = f"You said: {text}"
