@@ -29,3 +29,66 @@ def test_send_stream_and_history(chat_server):
             assert messages[1].reply_to == reply.reply_to
 
     asyncio.run(main())
+
+
+def test_identity_is_kept_and_conversations_are_chosen(chat_server):
+    async def main() -> None:
+        async with ChatClient(chat_server.ws_url) as chat:
+            first = await chat.send("one")
+            chat.new_conversation()
+            second = await chat.send("two")
+            back = await chat.send("x", conversation_id=first.conversation_id)
+            assert second.conversation_id != first.conversation_id == back.conversation_id
+            assert chat.conversation_id == first.conversation_id  # the message made it current
+            chat.use_conversation(second.conversation_id)
+            assert (await chat.send("three")).conversation_id == second.conversation_id
+            token, user_id = chat.token, chat.user_id
+        async with ChatClient(chat_server.ws_url, token=token, conversation_id=first.conversation_id) as again:
+            assert again.user_id == user_id and again.token == token
+            assert (await again.send("four")).conversation_id == first.conversation_id
+            assert [m.content for m in await again.history()][-2:] == ["four", ECHO + "four"]
+
+    asyncio.run(main())
+
+
+def test_cancel_stops_the_reply(chat_server_factory):
+    server = chat_server_factory(CHAT_ECHO_DELAY_MS="100")
+
+    async def main() -> None:
+        async with ChatClient(server.ws_url) as chat:
+            stream = chat.stream("a b c d e f g h i j k l m n o p")
+            pieces = []
+            async for piece in stream:
+                pieces.append(piece)
+                if len(pieces) == 2:
+                    await stream.cancel()
+            assert stream.reply is not None and stream.reply.status == "cancelled"
+            assert stream.reply.content == "".join(pieces) and len(pieces) < 10
+            late = chat.stream("q r s t u v w x y z")
+            async for _ in late:
+                await chat.cancel()  # the current turn, on this socket
+            assert late.reply is not None and late.reply.status == "cancelled"
+
+    asyncio.run(main())
+
+
+def test_errors_carry_the_contract_code(chat_server_factory):
+    server = chat_server_factory(CHAT_MAX_MESSAGE_CHARS="20", CHAT_MAX_WAITING="0", CHAT_ECHO_DELAY_MS="100")
+
+    async def main() -> None:
+        async with ChatClient(server.ws_url) as chat:
+            with pytest.raises(ChatError) as invalid:
+                await chat.send("   ", client_id="blank")
+            assert invalid.value.code == "invalid" and invalid.value.client_id == "blank" and invalid.value.detail
+            with pytest.raises(ChatError) as too_large:
+                await chat.send("x" * 21)
+            assert too_large.value.code == "too_large"
+            with pytest.raises(ChatError) as not_found:
+                await chat.history("no-such-conversation")
+            assert not_found.value.code == "not_found"
+            results = await asyncio.gather(chat.send("a b c d"), chat.send("e f"), return_exceptions=True)
+            assert isinstance(results[0], Reply) and results[0].ok, results
+            assert isinstance(results[1], ChatError) and results[1].code == "busy", results
+            assert (await chat.send("still usable")).ok
+
+    asyncio.run(main())
