@@ -264,8 +264,23 @@ class ReplyStream:
 
     @property
     def message_id(self) -> str | None:
-        """The reply's id, once its `start` came."""
+        """The reply's id, once its `start` came (a regenerated reply has a new one)."""
         return self._entry.reply_id if self._entry else None
+
+    @property
+    def reply_to(self) -> str | None:
+        """The id of the user message, once acknowledged."""
+        return self._entry.user_message_id if self._entry else None
+
+    @property
+    def client_id(self) -> str | None:
+        """The message's idempotency key, once sent."""
+        return self._entry.client_id if self._entry else None
+
+    @property
+    def seq(self) -> int:
+        """The last `seq` received of the reply (what `resume(after=...)` takes)."""
+        return self._entry.seq if self._entry else 0
 
     async def cancel(self) -> None:
         """Stop this reply (the server sends `done` with status cancelled)."""
@@ -680,12 +695,9 @@ class ChatClient:
             await asyncio.sleep(self._delay(attempt) if attempt else random.uniform(0, self.backoff / 2))
             try:
                 ws, ready = await self._open()
-            except Refused as e:
-                if not e.retryable:
-                    raise
-                last = e
-                continue
-            except ConnectionFailed as e:
+            except ChatError as e:
+                # Refusals too: this token was accepted a moment ago, and a server shutting down
+                # may refuse handshakes (403) until it is gone; a real refusal is raised at the end.
                 last = e
                 continue
             self.reconnects += 1
