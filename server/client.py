@@ -254,12 +254,13 @@ class ReplyStream:
     """The reply to one message (or a followed reply): iterate for its pieces, or await it.
 
     `async for piece in stream` gives the text in order, exactly once; afterwards `stream.reply`
-    is the stored `Reply`. `await stream` waits for the reply without reading pieces.
+    is the stored `Reply`. `await stream` waits for the reply (also after a `break` out of the loop).
     """
 
     def __init__(self, client: ChatClient, begin: Callable[[], Awaitable[_Entry]], timeout: float) -> None:
         self._client, self._begin, self._timeout = client, begin, timeout
         self._entry: _Entry | None = None
+        self._deadline = 0.0
         self.reply: Reply | None = None
 
     @property
@@ -286,35 +287,40 @@ class ReplyStream:
         """Stop this reply (the server sends `done` with status cancelled)."""
         await self._client.cancel(self.message_id)
 
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._pieces()
+    def __aiter__(self) -> ReplyStream:
+        return self
 
     def __await__(self) -> Generator[Any, None, Reply]:
         return self._drain().__await__()
 
     async def _drain(self) -> Reply:
-        async for _ in self._pieces():
+        async for _ in self:
             pass
         assert self.reply is not None
         return self.reply
 
-    async def _pieces(self) -> AsyncIterator[str]:
-        if self._entry is not None:
-            raise RuntimeError("a ReplyStream is read once")
-        entry = self._entry = await self._begin()
+    async def __anext__(self) -> str:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout
-        while True:
-            try:
-                piece = await asyncio.wait_for(entry.pieces.get(), max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                self._client._forget(entry)
-                raise ChatTimeout(f"no `done` within {self._timeout:g}s for {entry.describe()}",
-                                  client_id=entry.client_id) from None
-            if piece is None:
-                break
-            yield piece
-        self.reply = entry.future.result()  # raises the entry's ChatError
+        if self._entry is None:
+            self._entry = await self._begin()
+            self._deadline = loop.time() + self._timeout
+        entry = self._entry
+        if entry.future.done() and entry.pieces.empty():
+            self.reply = entry.future.result()  # raises the entry's ChatError
+            raise StopAsyncIteration
+        try:  # what already came is given even when the reader was slow
+            piece = entry.pieces.get_nowait() if not entry.pieces.empty() else await asyncio.wait_for(
+                entry.pieces.get(), max(0.0, self._deadline - loop.time()))
+        except TimeoutError:
+            self._client._forget(entry)
+            error = ChatTimeout(f"no `done` within {self._timeout:g}s for {entry.describe()}",
+                                client_id=entry.client_id)
+            entry.fail(error)
+            raise error from None
+        if piece is None:
+            self.reply = entry.future.result()
+            raise StopAsyncIteration
+        return piece
 
 
 # -- the client -----------------------------------------------------------------------------------
