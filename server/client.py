@@ -191,7 +191,7 @@ class _Entry:
         self.gap = False  # a seq was skipped: wait for done's content
         self.emit_rest_on_done = after == 0
         self.bare_done_expected = False  # a duplicate ack or a resume may be answered by done alone
-        self.unavailable_retries = 0
+        self.resends = 0
         self.pieces: asyncio.Queue[str | None] = asyncio.Queue()
         self.future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
 
@@ -418,7 +418,12 @@ class ChatClient:
             except ConnectionFailed as e:
                 last = e
                 continue
+            asked = self._conversation_id
             await self._adopt(ws, ready)
+            if asked is not None and ready.get("conversation_id") is None:
+                self._ws = None
+                await ws.close()
+                raise ChatError("not_found", f"conversation {asked} is not one of this user's")
             self._reader = asyncio.create_task(self._read_forever(), name="chat-client-reader")
             return
         detail = last.detail if last else ""
@@ -550,10 +555,16 @@ class ChatClient:
 
     async def _send_frame(self, frame: dict[str, Any]) -> None:
         """Lost with the socket when it drops; whatever must not be lost is sent again on reconnect."""
-        if self._ws is None:
+        ws = self._ws
+        if ws is None:
             return
-        with contextlib.suppress(ConnectionClosed):
-            await self._ws.send(json.dumps(frame, ensure_ascii=False))
+        try:
+            await asyncio.wait_for(ws.send(json.dumps(frame, ensure_ascii=False)), self.connect_timeout)
+        except ConnectionClosed:
+            pass
+        except TimeoutError:  # the peer reads nothing: a dead network; the reader reconnects
+            log.warning("a frame could not be sent within %gs; dropping the connection", self.connect_timeout)
+            ws.transport.abort()
 
     async def _send_entry(self, entry: _Entry) -> None:
         entry.sent_gen = self._gen
@@ -809,6 +820,12 @@ class ChatClient:
             self._foreign.discard(str(mid))
             self._event(f)
             return
+        if entry.kind == "message" and f.get("status") == "interrupted" and entry.resends < self.retries:
+            # The reply this client followed died with its process (or ran out of detached time):
+            # a resend of the client_id has the server generate it again.
+            entry.resends += 1
+            self._spawn(self._resend_later(entry, 0))
+            return
         self._forget(entry)
         entry.finish(f)
 
@@ -818,9 +835,9 @@ class ChatClient:
             entry = next((e for e in self._entries if e.client_id == client_id), None)
             if entry is None:
                 return
-            if code == "unavailable" and entry.unavailable_retries < self.retries:
-                entry.unavailable_retries += 1  # not stored: send it again a little later
-                self._spawn(self._resend_later(entry, self._delay(entry.unavailable_retries)))
+            if code == "unavailable" and entry.resends < self.retries:
+                entry.resends += 1  # not stored, or the turn failed after the ack: send it again a little later
+                self._spawn(self._resend_later(entry, self._delay(entry.resends)))
                 return
             self._forget(entry)
             entry.fail(ChatError(code, detail, client_id=client_id))

@@ -92,3 +92,13 @@ def test_errors_carry_the_contract_code(chat_server_factory):
             assert (await chat.send("still usable")).ok
 
     asyncio.run(main())
+
+
+def test_an_unknown_conversation_is_not_found_at_connect(chat_server):
+    async def main() -> None:
+        with pytest.raises(ChatError) as not_found:
+            async with ChatClient(chat_server.ws_url, conversation_id="no-such-conversation"):
+                pass
+        assert not_found.value.code == "not_found" and "no-such-conversation" in str(not_found.value)
+
+    asyncio.run(main())

@@ -132,3 +132,22 @@ def test_a_gap_in_seq_is_not_papered_over():
 
     pieces, reply, _ = asyncio.run(run([only]))
     assert pieces[:2] == WORDS[:2] and "".join(pieces) == TEXT == reply.content
+
+
+def test_a_followed_reply_that_died_is_generated_again():
+    async def second(peer: Peer) -> None:
+        await peer.send(**READY, replies_in_flight=[
+            {"conversation_id": "c1", "message_id": "r1", "reply_to": "m1", "seq": 2}])
+        assert await peer.recv() == {"type": "resume", "message_id": "r1", "after": 2}
+        await peer.send(**START)
+        await peer.send(**{**DONE, "status": "interrupted", "content": "".join(WORDS[:2])})  # its process died
+        resend = await peer.recv()
+        assert (resend["type"], resend["client_id"]) == ("message", "k1")
+        await peer.send(**{**ACK, "duplicate": True})
+        await peer.send(**{**START, "message_id": "r2"})
+        await peer.deltas([1, 2, 3, 4, 5, 6, 7], message_id="r2")
+        await peer.send(**{**DONE, "message_id": "r2"})
+
+    first = lambda peer: first_connection(peer, [1, 2], {**READY, "replies_in_flight": []})  # noqa: E731
+    pieces, reply, _ = asyncio.run(run([first, second]))
+    assert pieces == WORDS and (reply.message_id, reply.status, reply.content) == ("r2", "complete", TEXT)
