@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     ws_ping_interval_s: float = Field(default=20.0, ge=0)
     shutdown_grace_s: float = Field(default=6.0, gt=0)
 
+    # A reply whose socket went away goes on this long (0: it stops at once, stored interrupted),
+    # for at most this many detached replies per user; past that a detached reply stops at once.
+    detached_reply_s: float = Field(default=120.0, ge=0)
+    max_detached_replies: int = Field(default=3, ge=0)
+
     llm: Literal["echo", "openai"] = "echo"
     llm_timeout_s: float = Field(default=120.0, gt=0)
     echo_delay_ms: int = Field(default=30, ge=0)

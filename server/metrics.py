@@ -4,6 +4,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 SOCKETS_OPEN = Gauge("chat_sockets_open", "WebSocket connections currently open")
 REPLIES_IN_FLIGHT = Gauge("chat_replies_in_flight", "Assistant replies being generated now")
+REPLIES_DETACHED = Gauge("chat_replies_detached", "Replies in flight that no socket follows now")
+FOLLOWERS_CUT = Counter("chat_followers_cut_total", "Sockets that stopped following a reply before its end")
+REPLIES_SWEPT = Counter("chat_replies_swept_total", "Replies of a dead process stored as interrupted")
 TURNS = Counter("chat_turns_total", "Turns by final status of the reply", ["status"])
 MESSAGES_REFUSED = Counter("chat_messages_refused_total", "Client frames answered with an error", ["code"])
 DB_COMMITS = Counter("chat_db_commits_total", "Units of work committed")

@@ -1,7 +1,10 @@
-"""What every socket and request shares: settings, database, hub, backend, authenticator."""
+"""What every socket and request shares: settings, database, reply bus, hub, backend, authenticator.
+
+The one place where the parts are built and wired together."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
@@ -9,8 +12,12 @@ from sqlalchemy.exc import IntegrityError
 from server import metrics
 from server.auth import OPEN_MODE_SECRET_NAME, Authenticator
 from server.chat.backends import Backend, make_backend
+from server.chat.bus import ReplyBus
 from server.chat.hub import Hub
 from server.chat.limits import UserLimits
+from server.chat.local_bus import LocalReplyBus
+from server.chat.producer import ReplyDeps
+from server.chat.sweep import sweep_orphans
 from server.config import Settings
 from server.db.engine import make_engine
 from server.db.sqlite_writer import SqliteWriter
@@ -21,10 +28,16 @@ from server.db.uow import Database
 class Services:
     settings: Settings
     db: Database
+    bus: ReplyBus
     hub: Hub
     backend: Backend
     auth: Authenticator
     limits: UserLimits
+    owner: str  # this process incarnation: recorded with every reply it generates
+
+    @property
+    def reply_deps(self) -> ReplyDeps:
+        return ReplyDeps(self.db, self.bus, self.backend, self.settings)
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -40,7 +53,11 @@ class Services:
         else:
             auth = Authenticator(await open_mode_secret(db), token_mode=False)
         limits = UserLimits(settings.rate_limit_per_minute, settings.max_sockets_per_user)
-        return cls(settings, db, Hub(), make_backend(settings), auth, limits)
+        owner = uuid.uuid4().hex
+        # Before the first socket: what a previous incarnation left in flight is stored as interrupted.
+        await sweep_orphans(db, owner)
+        bus = LocalReplyBus(settings.detached_reply_s, settings.max_detached_replies)
+        return cls(settings, db, bus, Hub(bus), make_backend(settings), auth, limits, owner)
 
     async def close(self) -> None:
         await self.backend.aclose()

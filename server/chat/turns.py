@@ -1,4 +1,4 @@
-"""A turn's two commit points, each its own unit of work, and the switch that stops a reply."""
+"""A turn's two commit points, each its own unit of work."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
 
-from server.db.store import Message, ReplyMeta, Store, new_id, utcnow
+from server.db.store import Claim, Message, ReplyMeta, Store, new_id, utcnow
 from server.db.uow import Database, DatabaseUnavailable
 from server.protocol.frames import ABSENT, MessageFrame
 
@@ -28,28 +28,15 @@ class Accepted:
     duplicate: bool
 
 
-class TurnControl:
-    """Why the current reply should stop, set once: cancelled, interrupted or deleted."""
-
-    __slots__ = ("stopped", "reason")
-
-    def __init__(self) -> None:
-        self.stopped = asyncio.Event()
-        self.reason: str | None = None
-
-    def stop(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
-            self.stopped.set()
-
-
-async def accept_message(db: Database, user_id: str, frame: MessageFrame, current: str | None) -> Accepted:
-    """Commit the user's message, or find the original when its client_id was seen before."""
-    accepted = await _append_to_conversation(db, user_id, frame, current)
+async def accept_message(db: Database, user_id: str, frame: MessageFrame, current: str | None,
+                         claim: Claim) -> Accepted:
+    """Commit the user's message with the claim on its reply, or find the original when its
+    client_id was seen before (then nothing is written)."""
+    accepted = await _append_to_conversation(db, user_id, frame, current, claim)
     if accepted is None:  # a new conversation, a duplicate, or one not found: the full unit decides
         for attempt in range(2):
             try:
-                accepted = await db.write(_accept(user_id, frame, current))
+                accepted = await db.write(_accept(user_id, frame, current, claim))
                 break
             except IntegrityError as e:
                 # Another process committed the same client_id between our check and our insert:
@@ -59,13 +46,13 @@ async def accept_message(db: Database, user_id: str, frame: MessageFrame, curren
     assert accepted is not None
     if not accepted.duplicate:
         message = accepted.message
-        log.info("committed user message %s (conversation %s, user %s, client_id %s)",
+        log.info("committed user message %s (conversation %s, user %r, client_id %r)",
                  message.id, message.conversation_id, user_id, frame.client_id)
     return accepted
 
 
 async def _append_to_conversation(db: Database, user_id: str, frame: MessageFrame,
-                                  current: str | None) -> Accepted | None:
+                                  current: str | None, claim: Claim) -> Accepted | None:
     """The common case in one statement: a new message to a conversation the user has."""
     conversation_id = frame.conversation_id if frame.conversation_id is not ABSENT else current
     if conversation_id is None:
@@ -74,7 +61,8 @@ async def _append_to_conversation(db: Database, user_id: str, frame: MessageFram
     def work(store: Store) -> Message | None:
         return store.append_message(
             message_id=new_id(), conversation_id=conversation_id, user_id=user_id, role="user",
-            content=frame.content, status="complete", client_id=frame.client_id, reply_to=None, now=utcnow())
+            content=frame.content, status="complete", client_id=frame.client_id, reply_to=None, now=utcnow(),
+            claim=claim)
 
     try:
         message = await db.write_statement(work)
@@ -83,7 +71,7 @@ async def _append_to_conversation(db: Database, user_id: str, frame: MessageFram
     return None if message is None else Accepted(message, duplicate=False)
 
 
-def _accept(user_id: str, frame: MessageFrame, current: str | None) -> Callable[[Store], Accepted]:
+def _accept(user_id: str, frame: MessageFrame, current: str | None, claim: Claim) -> Callable[[Store], Accepted]:
     def work(store: Store) -> Accepted:
         if frame.client_id is not None:
             original = store.by_client_id(user_id, frame.client_id)
@@ -103,6 +91,7 @@ def _accept(user_id: str, frame: MessageFrame, current: str | None) -> Callable[
         message = store.add_message(
             message_id=new_id(), conversation_id=conversation_id, user_id=user_id, seq=seq, role="user",
             content=frame.content, status="complete", client_id=frame.client_id, reply_to=None, now=now)
+        store.claim_reply(message, user_id, claim)
         return Accepted(message, duplicate=False)
 
     return work
@@ -126,6 +115,11 @@ async def store_reply(db: Database, user_id: str, reply_to: Message, reply_id: s
             log.warning("storing reply %s failed; retrying", reply_id, exc_info=True)
             await asyncio.sleep(0.2 * (attempt + 1))
     if reply is not None:
-        log.info("committed %s reply %s to %s (conversation %s, user %s, %d chars)",
+        log.info("committed %s reply %s to %s (conversation %s, user %r, %d chars)",
                  status, reply_id, reply_to.id, reply_to.conversation_id, user_id, len(content))
     return reply
+
+
+async def claim_again(db: Database, user_id: str, message: Message, claim: Claim) -> None:
+    """A new reply to a message already stored (its earlier one was interrupted, or never came)."""
+    await db.write(lambda store: store.claim_reply(message, user_id, claim))

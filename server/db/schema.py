@@ -70,6 +70,24 @@ messages = Table(
     Index("ix_messages_reply_to", "reply_to"),
 )
 
+# One row per reply being generated, written in the same statement as its user message and
+# removed in the same statement that stores the reply: what a process that died left behind is
+# what the next start (or, with many processes, a live one) stores as `interrupted`.
+replies_in_flight = Table(
+    "replies_in_flight",
+    metadata,
+    Column("user_message_id", ID, ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True),
+    Column("reply_id", ID, nullable=False),
+    Column("conversation_id", ID, ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", USER_ID, nullable=False),
+    # The process incarnation generating it (a new id at every start).
+    Column("owner", String(64), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    # The text so far, as of the last checkpoint (a long reply's; empty for most).
+    Column("content", Text, nullable=False, server_default=""),
+    Index("ix_replies_in_flight_owner", "owner"),
+)
+
 server_secrets = Table(
     "server_secrets",
     metadata,

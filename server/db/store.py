@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, exists, insert, literal_column, select, text, update
 from sqlalchemy.engine import Connection
 
-from server.db.schema import conversations, messages, server_secrets
+from server.db.schema import conversations, messages, replies_in_flight, server_secrets
 
 TITLE_CHARS = 80
 
@@ -58,24 +58,6 @@ class Message:
     first_token_ms: int | None = None
     error: str | None = None
 
-    def to_wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": self.id,
-            "role": self.role,
-            "content": self.content,
-            "status": self.status,
-            "client_id": self.client_id,
-            "created_at": iso(self.created_at),
-        }
-        if self.role == "assistant":
-            out["reply_to"] = self.reply_to
-            out["model"] = self.model
-            out["usage"] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
-            out["first_token_ms"] = self.first_token_ms
-            if self.error is not None:
-                out["error"] = self.error
-        return out
-
 
 @dataclass(frozen=True, slots=True)
 class ReplyMeta:
@@ -116,7 +98,7 @@ _NEXT_SEQ = (
     .where(conversations.c.id == _p("p_conversation"), conversations.c.user_id == _p("p_user"))
     .values(last_seq=conversations.c.last_seq + 1, updated_at=_p("p_now"))
     .returning(conversations.c.last_seq))
-_OWNS = select(literal_column("1")).where(conversations.c.id == _p("p_conversation"),
+_OWNS: Any = select(literal_column("1")).where(conversations.c.id == _p("p_conversation"),
                                           conversations.c.user_id == _p("p_user"))
 _BY_CLIENT_ID = select(*MESSAGE_COLUMNS).where(messages.c.user_id == _p("p_user"),
                                                messages.c.client_id == _p("p_client"))
@@ -125,16 +107,20 @@ _SEQ_OF = select(messages.c.seq).where(messages.c.id == _p("p_message"),
                                        messages.c.conversation_id == _p("p_conversation"))
 
 
-def _append_message_statement() -> Any:
+def _append_statement(claiming: bool) -> Any:
     """PostgreSQL: take the conversation's next seq and insert the message in one statement.
 
     Sent on its own it is its own transaction: one round trip instead of BEGIN, SELECT, UPDATE,
     INSERT, COMMIT. The UPDATE matches no row, so nothing is inserted, when the conversation is
     not the user's or the client_id was used before (a NULL client_id never matches).
+
+    The same statement keeps `replies_in_flight` true: a user message adds the row of the reply
+    it is owed (claiming), a reply removes its own, so knowing what a dead process left costs no
+    extra commit.
     """
     # Parameters are named p_<column>: a key named like a column of `conversations` would be
     # added to the UPDATE's SET clause by SQLAlchemy.
-    m = messages.c
+    m, f = messages.c, replies_in_flight.c
     client_id_used = exists().where(m.user_id == _p("p_user_id"), m.client_id == _p("p_client_id"))
     next_seq = (
         update(conversations)
@@ -146,10 +132,47 @@ def _append_message_statement() -> Any:
     columns = [*MESSAGE_COLUMNS, m.user_id]
     # Typed parameters, so that asyncpg is told each one's type in the SELECT list.
     values = [next_seq.c.last_seq if c is m.seq else _p(f"p_{c.name}", type_=c.type) for c in columns]
-    return insert(messages).from_select([c.name for c in columns], select(*values)).returning(m.seq)
+    inserted = insert(messages).from_select([c.name for c in columns], select(*values)).returning(m.seq, m.id)
+    if claiming:
+        appended = inserted.cte("appended")
+        flight = insert(replies_in_flight).from_select(
+            ["user_message_id", "reply_id", "conversation_id", "user_id", "owner", "started_at", "content"],
+            select(appended.c.id, _p("p_reply_id", type_=f.reply_id.type),
+                   _p("p_conversation_id", type_=f.conversation_id.type), _p("p_user_id", type_=f.user_id.type),
+                   _p("p_owner", type_=f.owner.type), _p("p_created_at", type_=f.started_at.type),
+                   literal_column("''"))).cte("flight")
+        return select(appended.c.seq).add_cte(flight)
+    appended = inserted.cte("appended")
+    landed = (delete(replies_in_flight)
+              .where(f.user_message_id == _p("p_reply_to"), f.reply_id == _p("p_id"))
+              .cte("landed"))
+    return select(appended.c.seq).add_cte(landed)
 
 
-_APPEND_MESSAGE = _append_message_statement()
+_APPEND_CLAIMING = _append_statement(claiming=True)
+_APPEND_RELEASING = _append_statement(claiming=False)
+_INSERT_IN_FLIGHT = insert(replies_in_flight)
+_DELETE_IN_FLIGHT = delete(replies_in_flight).where(replies_in_flight.c.user_message_id == _p("p_message"),
+                                                    replies_in_flight.c.reply_id == _p("p_reply"))
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The reply a user message is owed, and the process incarnation generating it."""
+
+    reply_id: str
+    owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    """A reply whose process went away before it was stored."""
+
+    user_message_id: str
+    reply_id: str
+    conversation_id: str
+    user_id: str
+    content: str
 
 
 def _meta_fields(stats: ReplyMeta | None) -> tuple[str | None, int | None, int | None, int | None, str | None]:
@@ -165,6 +188,12 @@ def _row(message: Message, user_id: str) -> dict[str, Any]:
             "model": message.model, "prompt_tokens": message.prompt_tokens,
             "completion_tokens": message.completion_tokens, "first_token_ms": message.first_token_ms,
             "error": message.error}
+
+
+def _flight_row(user_message: Message, user_id: str, claim: Claim) -> dict[str, Any]:
+    return {"user_message_id": user_message.id, "reply_id": claim.reply_id,
+            "conversation_id": user_message.conversation_id, "user_id": user_id, "owner": claim.owner,
+            "started_at": user_message.created_at, "content": ""}
 
 
 class NotFound(Exception):
@@ -228,9 +257,12 @@ class Store:
 
     def append_message(self, *, message_id: str, conversation_id: str, user_id: str, role: str, content: str,
                        status: str, client_id: str | None, reply_to: str | None, now: datetime,
-                       stats: ReplyMeta | None = None) -> Message | None:
+                       stats: ReplyMeta | None = None, claim: Claim | None = None) -> Message | None:
         """Append a message at the conversation's next seq. None, and nothing written, when the
         conversation is not this user's (or is gone) or `client_id` was used before.
+
+        A user message records `claim` (the reply it is owed) in replies_in_flight; a reply
+        removes its own row there (`reply_to` and `message_id` name it).
 
         One statement on PostgreSQL, so `Database.write_statement` can send it without a
         transaction around it. SQLite cannot update in a CTE: there the same steps run one by one,
@@ -239,14 +271,60 @@ class Store:
                           *_meta_fields(stats))
         row = _row(message, user_id)
         if self.conn.dialect.name == "postgresql":
-            seq = self.conn.execute(_APPEND_MESSAGE, {f"p_{k}": v for k, v in row.items()}).scalar()
+            params = {f"p_{k}": v for k, v in row.items()}
+            if claim is not None:
+                params.update(p_reply_id=claim.reply_id, p_owner=claim.owner)
+                seq = self.conn.execute(_APPEND_CLAIMING, params).scalar()
+            else:
+                seq = self.conn.execute(_APPEND_RELEASING, params).scalar()
         else:
             if client_id is not None and self.by_client_id(user_id, client_id) is not None:
                 return None
             seq = self.next_seq(conversation_id, user_id, now)
             if seq is not None:
                 self.conn.execute(_INSERT_MESSAGE, {**row, "seq": seq})
+                if claim is not None:
+                    self.conn.execute(_INSERT_IN_FLIGHT, _flight_row(message, user_id, claim))
+                elif reply_to is not None:
+                    self.conn.execute(_DELETE_IN_FLIGHT, {"p_message": reply_to, "p_reply": message_id})
         return None if seq is None else dataclasses.replace(message, seq=seq)
+
+    # -- replies in flight --------------------------------------------------------------------------
+    def claim_reply(self, user_message: Message, user_id: str, claim: Claim) -> None:
+        """Record that `claim.owner` generates the reply to `user_message` (replacing an older claim)."""
+        self.conn.execute(delete(replies_in_flight).where(replies_in_flight.c.user_message_id == user_message.id))
+        self.conn.execute(_INSERT_IN_FLIGHT, _flight_row(user_message, user_id, claim))
+
+    def checkpoint_reply(self, user_message_id: str, reply_id: str, content: str) -> None:
+        """Keep the text so far of a long reply, for the sweep should its process die."""
+        f = replies_in_flight.c
+        self.conn.execute(update(replies_in_flight).where(f.user_message_id == user_message_id,
+                                                          f.reply_id == reply_id).values(content=content))
+
+    def orphans(self, live_owner: str) -> list[Orphan]:
+        """Replies in flight that no live process generates: every owner but `live_owner`."""
+        f = replies_in_flight.c
+        rows = self.conn.execute(select(f.user_message_id, f.reply_id, f.conversation_id, f.user_id, f.content)
+                                 .where(f.owner != live_owner))
+        return [Orphan(*row) for row in rows]
+
+    def store_orphan(self, orphan: Orphan) -> Message | None:
+        """Store what is known of a dead process's reply as `interrupted`, and release its claim."""
+        return self.append_message(
+            message_id=orphan.reply_id, conversation_id=orphan.conversation_id, user_id=orphan.user_id,
+            role="assistant", content=orphan.content, status="interrupted", client_id=None,
+            reply_to=orphan.user_message_id, now=utcnow())
+
+    def message_of(self, user_id: str, message_id: str) -> Message | None:
+        row = self.conn.execute(select(*MESSAGE_COLUMNS).where(messages.c.id == message_id,
+                                                                messages.c.user_id == user_id)).first()
+        return Message(*row) if row else None
+
+    def latest_reply(self, user_id: str, user_message_id: str) -> Message | None:
+        row = self.conn.execute(select(*MESSAGE_COLUMNS)
+                                .where(messages.c.reply_to == user_message_id, messages.c.user_id == user_id)
+                                .order_by(messages.c.seq.desc()).limit(1)).first()
+        return Message(*row) if row else None
 
     def by_client_id(self, user_id: str, client_id: str) -> Message | None:
         row = self.conn.execute(_BY_CLIENT_ID, {"p_user": user_id, "p_client": client_id}).first()

@@ -1,4 +1,4 @@
-"""Client frames in, server frames out. Pure: no I/O, so every rule is unit-tested directly."""
+"""Client frames in (server frames out are in outgoing.py). Pure: no I/O, so every rule is unit-tested directly."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from server.protocol.codes import ErrorCode
 
 ABSENT: Final = object()  # a field the client did not send (distinct from null)
 MAX_CLIENT_ID = 64
+MAX_ID_CHARS = 36  # the ids the server makes (UUIDs) and the columns that hold them
 MAX_HISTORY_LIMIT = 200
 DEFAULT_HISTORY_LIMIT = 50
 _BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
 NO_SUCH_CONVERSATION = "no such conversation"
 INVALID_BEFORE = "before is not a message of this conversation"
+NO_SUCH_REPLY = "no such reply"
 
 
 def storable(text: str) -> bool:
@@ -35,7 +37,14 @@ class MessageFrame:
 
 @dataclass(frozen=True, slots=True)
 class CancelFrame:
-    pass
+    message_id: str | None = None  # a reply of this user, wherever it runs; None: this socket's turn
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeFrame:
+    message_id: str | None  # the reply, or
+    reply_to: str | None  # the user message it answers
+    after: int  # the last seq the client has
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +54,7 @@ class HistoryFrame:
     limit: int
 
 
-ClientFrame = MessageFrame | CancelFrame | HistoryFrame
+ClientFrame = MessageFrame | CancelFrame | HistoryFrame | ResumeFrame
 
 
 class FrameError(Exception):
@@ -71,10 +80,13 @@ def parse(raw: str, max_chars: int) -> ClientFrame:
     if kind == "message":
         return _message(obj, max_chars)
     if kind == "cancel":
-        return CancelFrame()
+        return _cancel(obj)
     if kind == "history":
         return _history(obj)
-    raise FrameError(ErrorCode.INVALID, f"unknown frame type {kind[:40]!r}; expected message, cancel or history")
+    if kind == "resume":
+        return _resume(obj)
+    raise FrameError(ErrorCode.INVALID,
+                     f"unknown frame type {kind[:40]!r}; expected message, cancel, resume or history")
 
 
 def _loads_strictly_valid(raw: str, orjson_error: Exception) -> Any:
@@ -120,6 +132,35 @@ def _content(content: Any, max_chars: int, client_id: str | None) -> str:
     return content
 
 
+def _optional_id(obj: dict[str, Any], name: str) -> str | None:
+    value = obj.get(name)
+    if value is not None and not isinstance(value, str):
+        raise FrameError(ErrorCode.INVALID, f"{name} must be a string")
+    return value
+
+
+def _cancel(obj: dict[str, Any]) -> CancelFrame:
+    message_id = _optional_id(obj, "message_id")
+    if message_id is not None and not storable(message_id):
+        message_id = ""  # names nothing: ignored, like any id that is not a reply in flight
+    return CancelFrame(message_id)
+
+
+def _resume(obj: dict[str, Any]) -> ResumeFrame:
+    message_id, reply_to = _optional_id(obj, "message_id"), _optional_id(obj, "reply_to")
+    if (message_id is None) == (reply_to is None):
+        raise FrameError(ErrorCode.INVALID, "resume needs one of message_id (a reply) or reply_to (a message)")
+    after = obj.get("after", 0)
+    if after is None:
+        after = 0
+    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        raise FrameError(ErrorCode.INVALID, "after must be a non-negative integer (the last seq you have)")
+    named = message_id if message_id is not None else reply_to
+    if not storable(named or "") or len(named or "") > MAX_ID_CHARS:  # never a stored id: no query
+        raise FrameError(ErrorCode.NOT_FOUND, NO_SUCH_REPLY)
+    return ResumeFrame(message_id, reply_to, after)
+
+
 def _history(obj: dict[str, Any]) -> HistoryFrame:
     conversation_id = obj.get("conversation_id")
     if not isinstance(conversation_id, str):
@@ -137,19 +178,3 @@ def _history(obj: dict[str, Any]) -> HistoryFrame:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_HISTORY_LIMIT:
         raise FrameError(ErrorCode.INVALID, f"limit must be an integer from 1 to {MAX_HISTORY_LIMIT}")
     return HistoryFrame(conversation_id, before, limit)
-
-
-# -- server frames ---------------------------------------------------------------------------------
-def encode(frame: dict[str, Any]) -> str:
-    try:
-        return orjson.dumps(frame).decode()
-    except orjson.JSONEncodeError:
-        # A lone surrogate, echoed in an error's client_id: escaped (\udfff), as the client sent it.
-        return json.dumps(frame, separators=(",", ":"))
-
-
-def error(code: ErrorCode, detail: str, client_id: str | None = None) -> dict[str, Any]:
-    frame: dict[str, Any] = {"type": "error", "code": code.value, "detail": detail}
-    if client_id is not None:
-        frame["client_id"] = client_id
-    return frame

@@ -12,6 +12,7 @@ from server.auth import AuthError, Identity, bearer_token
 from server.chat.services import Services
 from server.db.store import InvalidBefore, NotFound
 from server.db.uow import DatabaseUnavailable
+from server.protocol import outgoing
 from server.protocol.frames import (
     DEFAULT_HISTORY_LIMIT,
     INVALID_BEFORE,
@@ -70,7 +71,8 @@ async def list_messages(conversation_id: str, svc: Svc, user: User, before: str 
         raise HTTPException(400, INVALID_BEFORE) from None
     except DatabaseUnavailable:
         raise unavailable() from None
-    return {"conversation_id": conversation_id, "messages": [m.to_wire() for m in page], "has_more": has_more}
+    return {"conversation_id": conversation_id, "messages": [outgoing.message(m) for m in page],
+            "has_more": has_more}
 
 
 @router.delete("/api/conversations/{conversation_id}", status_code=204)
@@ -83,7 +85,8 @@ async def delete_conversation(conversation_id: str, svc: Svc, user: User) -> Res
         raise unavailable() from None
     if not deleted:
         raise HTTPException(404, NO_SUCH_CONVERSATION)
-    svc.hub.stop_conversation(conversation_id, "deleted")
+    svc.bus.stop_conversation(conversation_id, "deleted")
+    svc.bus.announce_deleted(user.user_id, conversation_id)
     return Response(status_code=204)
 
 

@@ -9,24 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from typing import Any
 
-from server.protocol.frames import encode
+from server.chat.sink import Disconnected, Incoming
+from server.protocol.outgoing import encode
 
 log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
-
-
-class Disconnected(Exception):
-    """The client is gone (closed, reset, or too slow to read what we send)."""
-
-
-@dataclass(slots=True)
-class Incoming:
-    text: str | None = None
-    binary: bool = False
 
 
 class Socket:
@@ -77,6 +67,12 @@ class Socket:
         except (OSError, RuntimeError) as e:  # uvicorn's ClientDisconnected is an OSError
             self.open = False
             raise Disconnected() from e
+
+    def writable(self) -> bool:
+        """Whether a send now completes at once: the transport is not asking us to pause."""
+        protocol = getattr(self._send, "__self__", None)
+        flag = getattr(protocol, "writable", None)
+        return self.open and (flag is None or flag.is_set())
 
     async def close(self, code: int, reason: str = "") -> None:
         if not self.open:

@@ -6,8 +6,8 @@ import logging
 from urllib.parse import parse_qs, urlsplit
 
 from server.auth import AuthError, bearer_token
-from server.chat.connection import ChatConnection
 from server.chat.services import Services
+from server.chat.session import ChatSession
 from server.protocol.codes import CloseCode
 from server.web.socket import Scope, Socket
 
@@ -56,10 +56,12 @@ async def handle_socket(scope: Scope, receive, send, svc: Services) -> None:  # 
         await sock.close(CloseCode.TRY_AGAIN_LATER, "too many sockets for this user")
         return
     conversation_id = (query.get("conversation_id") or [None])[0] or None
+    sync = (query.get("sync") or ["0"])[0].lower() in ("1", "true", "yes")
     # The handshake has read all it needs from the headers, but the scope lives as long as the
     # socket (uvicorn and the frames above hold it): about 1 KiB per idle socket.
     scope["headers"] = []
     try:
-        await ChatConnection(sock, svc, identity).serve(conversation_id)
+        await sock.accept()
+        await ChatSession(sock, svc, identity, sync).serve(conversation_id)
     finally:
         svc.limits.close_socket(identity.user_id)

@@ -20,11 +20,10 @@ from server.protocol.frames import (
     FrameError,
     HistoryFrame,
     MessageFrame,
-    encode,
-    error,
     parse,
     storable,
 )
+from server.protocol.outgoing import encode, error
 
 LIMIT = 100
 

@@ -1,0 +1,140 @@
+"""Generating one reply: relay the backend's pieces to the bus until it ends, fails, times out
+or is stopped, then store it with the status it ended with, whatever happened.
+
+Knows nothing of sockets: the reply's followers are the bus's business, so the reply goes on
+when the socket that asked for it goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from server import metrics
+from server.chat.backends import Backend, BackendError, ChatTurn, ContextMessage, ReplyStats
+from server.chat.bus import Outcome, Reply, ReplyBus
+from server.chat.turns import store_reply
+from server.config import Settings
+from server.db.store import Message, ReplyMeta
+from server.db.uow import Database, DatabaseUnavailable
+from server.protocol.codes import ErrorCode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Draft:
+    """What is known of the reply besides its text (which the Reply holds: one copy)."""
+
+    received_at: float  # perf_counter() when the user's message arrived
+    stats: ReplyStats = field(default_factory=ReplyStats)
+    first_token_ms: int | None = None
+
+    def meta(self, error: str | None) -> ReplyMeta:
+        return ReplyMeta(self.stats.model, self.stats.prompt_tokens, self.stats.completion_tokens,
+                         self.first_token_ms, error)
+
+    def first_piece(self) -> None:
+        elapsed = time.perf_counter() - self.received_at
+        self.first_token_ms = round(elapsed * 1000)
+        metrics.FIRST_DELTA_SECONDS.observe(elapsed)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyDeps:
+    """What generating a reply needs."""
+
+    db: Database
+    bus: ReplyBus
+    backend: Backend
+    settings: Settings
+
+
+async def produce(deps: ReplyDeps, reply: Reply, message: Message, received_at: float) -> None:
+    """Generate, store and finish `reply`: its followers always get an end, even on a bug."""
+    outcome = Outcome(None, ErrorCode.INTERNAL)
+    try:
+        outcome = await _generate_and_store(deps, reply, message, received_at)
+    except Exception:
+        log.exception("reply %s to %s failed", reply.id, message.id)
+    finally:
+        await deps.bus.finish(reply, outcome)
+
+
+async def _generate_and_store(deps: ReplyDeps, reply: Reply, message: Message, received_at: float) -> Outcome:
+    draft = Draft(received_at)
+    status, detail = "interrupted", None
+    try:
+        turn = ChatTurn(message.conversation_id, message.content, await _context(deps, message), draft.stats)
+
+        async def publish(piece: str) -> None:
+            if not reply.pieces:
+                draft.first_piece()
+            await deps.bus.publish(reply, piece)
+
+        status, detail = await stream_reply(deps.backend, turn, reply, publish, deps.settings.llm_timeout_s)
+    except DatabaseUnavailable:
+        status, detail = "error", "the conversation could not be read from the database"
+    if status == "deleted":
+        return Outcome(None, ErrorCode.NOT_FOUND)
+    try:
+        # Shielded: a cancelled producer (the loop closing) still stores what it has.
+        stored = await asyncio.shield(store_reply(deps.db, reply.user_id, message, reply.id, reply.content,
+                                                  status, draft.meta(detail)))
+    except DatabaseUnavailable:
+        log.error("reply %s to %s not stored: database unavailable", reply.id, message.id, exc_info=True)
+        metrics.TURNS.labels("unavailable").inc()
+        return Outcome(None, ErrorCode.UNAVAILABLE)
+    metrics.TURNS.labels(status).inc()
+    if stored is None:  # the conversation was deleted while the reply was being stored
+        return Outcome(None, ErrorCode.NOT_FOUND)
+    return Outcome(stored)
+
+
+async def _context(deps: ReplyDeps, message: Message) -> list[ContextMessage]:
+    wanted = deps.backend.context_messages
+    if not wanted:
+        return []
+    page, _ = await deps.db.read(lambda store: store.page(message.conversation_id, message.seq, wanted))
+    return [ContextMessage(m.role, m.content, m.status) for m in page]
+
+
+async def stream_reply(backend: Backend, turn: ChatTurn, reply: Reply, publish: Callable[[str], Awaitable[None]],
+                       timeout_s: float) -> tuple[str, str | None]:
+    """(status, error detail): complete, error, or why the reply was stopped."""
+
+    async def pump() -> None:
+        stream = backend.stream(turn)
+        try:
+            async for piece in stream:
+                if piece:
+                    await publish(piece)
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    pumping = asyncio.ensure_future(pump())
+    stopping = asyncio.ensure_future(reply.stopped.wait())
+    try:
+        done, _ = await asyncio.wait({pumping, stopping}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not pumping.done():
+            pumping.cancel()  # the backend's finally closes its upstream stream now
+        with contextlib.suppress(BaseException):
+            await pumping
+    if pumping in done:
+        error = pumping.exception()
+        if error is None:
+            return "complete", None
+        if isinstance(error, BackendError):
+            log.warning("backend %s failed on reply %s: %s", backend.name, reply.id, error)
+            return "error", str(error)
+        log.error("backend %s failed on reply %s", backend.name, reply.id, exc_info=error)
+        return "error", f"the model backend failed unexpectedly ({type(error).__name__})"
+    if stopping in done:
+        return reply.stop_reason or "cancelled", None
+    return "error", f"the model did not finish its reply within {timeout_s:g} s (CHAT_LLM_TIMEOUT_S)"

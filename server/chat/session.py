@@ -1,0 +1,264 @@
+"""One socket: a reader that parses and dispatches frames, and a worker that runs turns one at a time.
+
+The session holds no database connection: the turn runner runs a unit of work only at a turn's
+commit points. An idle socket holds no task besides its reader: the worker exists while messages
+wait. Replies are the bus's: when the socket goes away, the replies it followed go on detached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from server import metrics
+from server.auth import Identity
+from server.chat.follower import Follower
+from server.chat.limits import TokenBucket
+from server.chat.services import Services
+from server.chat.sink import Channel, Disconnected
+from server.chat.turn_runner import Turn, TurnRunner
+from server.db.store import InvalidBefore, NotFound
+from server.db.uow import DatabaseUnavailable
+from server.protocol import frames, outgoing
+from server.protocol.codes import CloseCode, ErrorCode
+from server.protocol.frames import CancelFrame, FrameError, HistoryFrame, MessageFrame, ResumeFrame
+
+log = logging.getLogger(__name__)
+
+DB_DOWN_DETAIL = "the database is unavailable; try again"
+
+
+class ChatSession:
+    def __init__(self, channel: Channel, services: Services, identity: Identity, sync: bool = False):
+        self.sink = self.channel = channel
+        self.svc = services
+        self.identity = identity
+        self.user_id = identity.user_id
+        self.sync = sync  # hears the user's other sockets (?sync=1)
+        self.conversation_id: str | None = None
+        self.waiting: list[MessageFrame] = []  # at most max_waiting + 1: a list is the smallest queue
+        self.turn: Turn | None = None
+        self.closing = False
+        self.worker: asyncio.Task[None] | None = None
+        self.followers: dict[str, Follower] | None = None  # by reply id; made on first use
+        self._events: set[asyncio.Task[None]] | None = None
+        self.runner = TurnRunner(services.reply_deps, services.owner, self.user_id)
+        rate = services.settings.max_frames_per_second
+        self.frame_rate = TokenBucket(rate, 2 * rate)
+        # Refusals for the user's message rate; running out of these (more than flood_close_after
+        # a minute, sustained) means the client ignores rate_limited: it is closed.
+        strikes = services.settings.flood_close_after
+        self.strikes = TokenBucket(strikes / 60, strikes)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def serve(self, requested_conversation: str | None) -> None:
+        """Run the accepted socket until it closes."""
+        hub, bus = self.svc.hub, self.svc.bus
+        hub.add(self)
+        if self.sync:
+            bus.watch(self.user_id, self)
+        try:
+            start = await self._resolve_start(requested_conversation)
+            in_flight = [reply.listing() for reply in bus.in_flight(self.user_id)]
+            await self.sink.send(outgoing.ready(self.user_id, self.conversation_id, self.identity.minted_token,
+                                                in_flight))
+            if start is not None:
+                await self.sink.send(start)
+            await self._read()
+        except Disconnected:
+            pass
+        except Exception:
+            log.exception("socket handler failed (user %r)", self.user_id)
+            await self.channel.close(CloseCode.INTERNAL)
+        finally:
+            self._leave()
+            hub.remove(self)
+
+    async def shut_down(self) -> None:
+        """Server shutdown (replies already stopped and stored): close with 1001."""
+        self._leave()
+        await self.channel.close(CloseCode.GOING_AWAY, "server shutting down")
+
+    def _leave(self) -> None:
+        """The socket is gone: waiting messages are dropped (never acknowledged, so nothing is
+        lost) and the replies it followed go on without it, detached."""
+        self.closing = True
+        self.waiting.clear()
+        if self.sync:
+            self.svc.bus.unwatch(self.user_id, self)
+        for follower in list((self.followers or {}).values()):
+            follower.drop()
+        self.followers = None
+
+    async def _resolve_start(self, requested: str | None) -> dict[str, Any] | None:
+        if requested is None:
+            return None
+        if not frames.storable(requested) or len(requested) > frames.MAX_ID_CHARS:
+            return outgoing.error(ErrorCode.NOT_FOUND, frames.NO_SUCH_CONVERSATION)
+        try:
+            owned = await self.svc.db.read(lambda store: store.owns_conversation(requested, self.user_id))
+        except DatabaseUnavailable:
+            return outgoing.error(ErrorCode.UNAVAILABLE, DB_DOWN_DETAIL)
+        if owned:
+            self.conversation_id = requested
+            return None
+        return outgoing.error(ErrorCode.NOT_FOUND, frames.NO_SUCH_CONVERSATION)
+
+    # -- what the bus hands this socket (Watcher) ------------------------------------------------
+    def adopt(self, follower: Follower) -> None:
+        if self.closing:
+            follower.drop()
+            return
+        if self.followers is None:
+            self.followers = {}
+        else:  # forget the ones that ended, so a long-lived socket holds only what it follows now
+            for reply_id in [k for k, f in self.followers.items() if not f.active]:
+                del self.followers[reply_id]
+        self.followers[follower.reply.id] = follower
+
+    def event(self, frame: dict[str, Any]) -> None:
+        if self.closing:
+            return
+        if self._events is None:
+            self._events = set()
+        task = asyncio.ensure_future(self._send_event(frame))
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
+
+    async def _send_event(self, frame: dict[str, Any]) -> None:
+        with contextlib.suppress(Disconnected):
+            await self.sink.send(frame)
+
+    # -- reading -------------------------------------------------------------------------------
+    async def _read(self) -> None:
+        max_chars = self.svc.settings.max_message_chars
+        while True:
+            incoming = await self.channel.receive()
+            if self.identity.expired():
+                await self.channel.close(CloseCode.POLICY, "token expired")
+                return
+            if not self.frame_rate.take():
+                log.warning("closing a flooding socket (user %r): over %g frames/s", self.user_id,
+                            self.svc.settings.max_frames_per_second)
+                await self.channel.close(CloseCode.POLICY, "flooding")
+                return
+            if incoming.text is None:
+                await self._refuse(FrameError(ErrorCode.INVALID, "binary frames are not accepted; send text"))
+                continue
+            try:
+                frame = frames.parse(incoming.text, max_chars)
+            except FrameError as e:
+                await self._refuse(e)
+                continue
+            if isinstance(frame, MessageFrame):
+                if self.svc.limits.allow_message(self.user_id):
+                    await self._enqueue(frame)
+                elif not await self._refuse_over_rate(frame):
+                    return  # closed for flooding
+            elif isinstance(frame, CancelFrame):
+                self._cancel(frame)
+            elif isinstance(frame, ResumeFrame):
+                await self._resume(frame)
+            elif isinstance(frame, HistoryFrame):
+                await self.sink.send(await self._history(frame))
+
+    async def _refuse(self, e: FrameError) -> None:
+        metrics.MESSAGES_REFUSED.labels(e.code.value).inc()
+        await self.sink.send(outgoing.error(e.code, e.detail, e.client_id))
+
+    async def _refuse_over_rate(self, frame: MessageFrame) -> bool:
+        """Answer a message over the user's rate with rate_limited; False when, instead, the socket
+        was closed because its client keeps ignoring that answer."""
+        if not self.strikes.take():
+            log.warning("closing a flooding socket (user %r): rate limit ignored", self.user_id)
+            await self.channel.close(CloseCode.POLICY, "flooding")
+            return False
+        limit = self.svc.settings.rate_limit_per_minute
+        await self._refuse(FrameError(ErrorCode.RATE_LIMITED, f"more than {limit} messages a minute; "
+                                      "wait, then send it again", frame.client_id))
+        return True
+
+    async def _enqueue(self, frame: MessageFrame) -> None:
+        # Up to max_waiting wait behind the turn in progress (which may not have been taken yet).
+        room = self.svc.settings.max_waiting + (0 if self.turn is not None else 1)
+        if len(self.waiting) >= room:
+            await self._refuse(FrameError(
+                ErrorCode.BUSY, f"{self.svc.settings.max_waiting} messages are already waiting; "
+                "send this one again after a reply is done", frame.client_id))
+            return
+        self.waiting.append(frame)
+        if self.worker is None or self.worker.done():
+            self.worker = asyncio.create_task(self._work())
+
+    def _cancel(self, frame: CancelFrame) -> None:
+        if frame.message_id is None:
+            if self.turn is not None:
+                self.turn.cancel()
+        elif frame.message_id:
+            self.svc.bus.stop(self.user_id, frame.message_id, "cancelled")
+
+    async def _resume(self, frame: ResumeFrame) -> None:
+        """Follow a reply in flight from `after`, or answer with the stored one."""
+        bus = self.svc.bus
+        reply = bus.find(self.user_id, reply_id=frame.message_id, reply_to=frame.reply_to)
+        if reply is not None:
+            follower = (self.followers or {}).get(reply.id)
+            if follower is not None and follower.active:
+                follower.rewind(frame.after)
+            else:
+                follower = bus.follow(reply, self.sink, frame.after)
+                self.adopt(follower)
+            await follower.pump()
+            return
+        # Not in flight: stored by now, or never was (a reply leaves the bus only once stored).
+        try:
+            if frame.message_id is not None:
+                message_id = frame.message_id
+                stored = await self.svc.db.read(lambda store: store.message_of(self.user_id, message_id))
+            else:
+                reply_to = frame.reply_to or ""
+                stored = await self.svc.db.read(lambda store: store.latest_reply(self.user_id, reply_to))
+        except DatabaseUnavailable:
+            await self.sink.send(outgoing.error(ErrorCode.UNAVAILABLE, DB_DOWN_DETAIL))
+            return
+        if stored is None or stored.role != "assistant":
+            await self._refuse(FrameError(ErrorCode.NOT_FOUND, frames.NO_SUCH_REPLY))
+            return
+        await self.sink.send(outgoing.done(stored))
+
+    async def _history(self, frame: HistoryFrame) -> dict[str, Any]:
+        conversation_id = frame.conversation_id or self.conversation_id
+        if conversation_id is None:
+            return outgoing.error(ErrorCode.INVALID, "history needs a conversation_id: this socket has no "
+                                  "conversation yet")
+        try:
+            page, has_more = await self.svc.db.read(
+                lambda store: store.history(conversation_id, self.user_id, frame.before, frame.limit))
+        except NotFound:
+            return outgoing.error(ErrorCode.NOT_FOUND, frames.NO_SUCH_CONVERSATION)
+        except InvalidBefore:
+            return outgoing.error(ErrorCode.INVALID, frames.INVALID_BEFORE)
+        except DatabaseUnavailable:
+            return outgoing.error(ErrorCode.UNAVAILABLE, DB_DOWN_DETAIL)
+        return outgoing.history(conversation_id, page, has_more)
+
+    # -- turns ---------------------------------------------------------------------------------
+    async def _work(self) -> None:
+        """Run the waiting turns in order, then end (the next message starts a new worker)."""
+        while self.waiting and not self.closing:
+            frame = self.waiting.pop(0)
+            self.turn = turn = Turn()
+            try:
+                message = await self.runner.run(frame, self, self.conversation_id, turn)
+                if message is not None:
+                    self.conversation_id = message.conversation_id
+            except Disconnected:
+                pass
+            except Exception:
+                log.exception("turn failed (user %r)", self.user_id)
+                with contextlib.suppress(Disconnected):
+                    await self.sink.send(outgoing.error(ErrorCode.INTERNAL, "internal error", frame.client_id))
+            finally:
+                self.turn = None

@@ -1,0 +1,137 @@
+"""One turn: commit the user's message, then have its reply generated and followed to its end.
+
+Knows nothing of sockets: it talks to a `Sink` (the socket of who sent the message) and to the
+reply bus, so it runs in-process in tests with a fake sink, a fake backend and a SQLite file.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from server import metrics
+from server.chat.bus import Outcome, Reply, Watcher
+from server.chat.follower import Follower
+from server.chat.producer import ReplyDeps, produce
+from server.chat.turns import ConversationNotFound, accept_message, claim_again
+from server.db.store import Claim, Message, new_id
+from server.db.uow import DatabaseUnavailable
+from server.protocol import frames, outgoing
+from server.protocol.codes import ErrorCode
+from server.protocol.frames import MessageFrame
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE_DETAIL = "the database could not take the message; it was not stored: send it again"
+
+
+class Turn:
+    """The turn in progress on a socket, so that a plain `cancel` can stop its reply, also before
+    the reply exists (between the message's arrival and its `start`)."""
+
+    __slots__ = ("cancelled", "reply")
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.reply: Reply | None = None  # the reply this turn generates (not one it only follows)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.reply is not None:
+            self.reply.stop("cancelled")
+
+
+class TurnRunner:
+    def __init__(self, deps: ReplyDeps, owner: str, user_id: str):
+        self.deps = deps
+        self.owner = owner  # this process incarnation, recorded with each reply it generates
+        self.user_id = user_id
+
+    async def run(self, frame: MessageFrame, to: Watcher, current: str | None, turn: Turn) -> Message | None:
+        """Run the turn to its end; the user's message (whose conversation is now the socket's
+        current one), or None when it was not stored. Raises Disconnected if the client left."""
+        received_at = time.perf_counter()
+        claim = Claim(new_id(), self.owner)
+        try:
+            accepted = await accept_message(self.deps.db, self.user_id, frame, current, claim)
+        except ConversationNotFound:
+            await self._refuse(to, ErrorCode.NOT_FOUND, frames.NO_SUCH_CONVERSATION, frame.client_id)
+            return None
+        except DatabaseUnavailable:
+            log.warning("user message not stored: database unavailable (user %r)", self.user_id, exc_info=True)
+            metrics.TURNS.labels("unavailable").inc()
+            await self._refuse(to, ErrorCode.UNAVAILABLE, UNAVAILABLE_DETAIL, frame.client_id)
+            return None
+        message = accepted.message
+        if accepted.duplicate:
+            await to.sink.send(outgoing.ack(message, duplicate=True))
+            await self._answer_duplicate(message, to, turn, received_at)
+        else:
+            reply = self.deps.bus.claim(self.user_id, message, claim.reply_id)
+            assert reply is not None, "a message just committed has no reply yet"
+            # The ack goes first on the follower, so that it precedes `start` whatever the socket does.
+            ack = outgoing.ack(message, duplicate=False)
+            await self._generate(reply, message, to, turn, received_at, preamble=ack)
+        return message
+
+    async def _answer_duplicate(self, message: Message, to: Watcher, turn: Turn, received_at: float) -> None:
+        """Follow the reply in flight (any socket's), else send the stored one, else generate anew."""
+        bus = self.deps.bus
+        while True:
+            reply = bus.find(self.user_id, reply_to=message.id)
+            if reply is not None:
+                follower = bus.follow(reply, to.sink, 0, client_id=message.client_id, hold_interrupted=True)
+                outcome = await self._follow_to_end(follower, to)
+                if outcome is None or not outcome.interrupted:
+                    return
+                continue  # that reply was interrupted: this resend gets a fresh one
+            if await self._send_stored_reply(message, to):
+                return
+            claim = Claim(new_id(), self.owner)
+            reply = bus.claim(self.user_id, message, claim.reply_id)
+            if reply is None:  # another socket started one just now: follow it
+                continue
+            try:
+                await claim_again(self.deps.db, self.user_id, message, claim)
+            except DatabaseUnavailable:  # only the crash sweep needs the record; the turn goes on
+                log.warning("reply %s to %s not recorded as in flight", reply.id, message.id, exc_info=True)
+            await self._generate(reply, message, to, turn, received_at)
+            return
+
+    async def _generate(self, reply: Reply, message: Message, to: Watcher, turn: Turn, received_at: float,
+                        preamble: dict[str, object] | None = None) -> None:
+        bus = self.deps.bus
+        turn.reply = reply
+        if turn.cancelled:
+            reply.stop("cancelled")
+        follower = bus.follow(reply, to.sink, 0, preamble=preamble, client_id=message.client_id)
+        to.adopt(follower)
+        await follower.pump()
+        bus.run(reply, produce(self.deps, reply, message, received_at))
+        await bus.announce(message, reply, to.sink)
+        await follower.ended
+
+    @staticmethod
+    async def _follow_to_end(follower: Follower, to: Watcher) -> Outcome | None:
+        to.adopt(follower)
+        await follower.pump()
+        return await follower.ended
+
+    async def _send_stored_reply(self, message: Message, to: Watcher) -> bool:
+        """Answer a duplicate from its stored final reply; False when it needs a new one."""
+        try:
+            replies = await self.deps.db.read(lambda store: store.replies_to(message.id))
+        except DatabaseUnavailable:
+            await self._refuse(to, ErrorCode.UNAVAILABLE, "the database is unavailable; send it again",
+                               message.client_id)
+            return True
+        final = next((r for r in reversed(replies) if r.status != "interrupted"), None)
+        if final is None:
+            return False
+        await to.sink.send(outgoing.done(final))
+        return True
+
+    @staticmethod
+    async def _refuse(to: Watcher, code: ErrorCode, detail: str, client_id: str | None) -> None:
+        metrics.MESSAGES_REFUSED.labels(code.value).inc()
+        await to.sink.send(outgoing.error(code, detail, client_id))

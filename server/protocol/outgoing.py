@@ -1,0 +1,88 @@
+"""Server frames of chat.v1, built in one place."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from server import PROTOCOL
+from server.db.store import iso
+from server.protocol.codes import ErrorCode
+
+if TYPE_CHECKING:
+    from server.db.store import Message
+
+
+def encode(frame: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(frame).decode()
+    except orjson.JSONEncodeError:
+        # A lone surrogate, echoed in an error's client_id: escaped (\udfff), as the client sent it.
+        return json.dumps(frame, separators=(",", ":"))
+
+
+def error(code: ErrorCode, detail: str, client_id: str | None = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "code": code.value, "detail": detail}
+    if client_id is not None:
+        frame["client_id"] = client_id
+    return frame
+
+
+def ready(user_id: str, conversation_id: str | None, token: str | None,
+          replies_in_flight: list[dict[str, Any]]) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "ready", "protocol": PROTOCOL, "user_id": user_id,
+                             "conversation_id": conversation_id, "replies_in_flight": replies_in_flight}
+    if token:
+        frame["token"] = token
+    return frame
+
+
+def ack(message: Message, duplicate: bool) -> dict[str, Any]:
+    return {"type": "ack", "client_id": message.client_id, "conversation_id": message.conversation_id,
+            "message_id": message.id, "duplicate": duplicate}
+
+
+def start(conversation_id: str, reply_id: str, reply_to: str) -> dict[str, Any]:
+    return {"type": "start", "conversation_id": conversation_id, "message_id": reply_id, "reply_to": reply_to}
+
+
+def delta(reply_id: str, seq: int, content: str) -> dict[str, Any]:
+    return {"type": "delta", "message_id": reply_id, "seq": seq, "content": content}
+
+
+def done(reply: Message) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "done", "conversation_id": reply.conversation_id, "message_id": reply.id,
+                             "status": reply.status, "content": reply.content}
+    if reply.status == "error":
+        frame["error"] = reply.error or "the reply failed"
+    return frame
+
+
+def message(m: Message) -> dict[str, Any]:
+    """A stored message as `history` (and `message_added`) carry it."""
+    out: dict[str, Any] = {"id": m.id, "role": m.role, "content": m.content, "status": m.status,
+                           "client_id": m.client_id, "created_at": iso(m.created_at)}
+    if m.role == "assistant":
+        out["reply_to"] = m.reply_to
+        out["model"] = m.model
+        out["usage"] = {"prompt_tokens": m.prompt_tokens, "completion_tokens": m.completion_tokens}
+        out["first_token_ms"] = m.first_token_ms
+        if m.error is not None:
+            out["error"] = m.error
+    return out
+
+
+def history(conversation_id: str, messages: list[Message], has_more: bool) -> dict[str, Any]:
+    return {"type": "history", "conversation_id": conversation_id, "messages": [message(m) for m in messages],
+            "has_more": has_more}
+
+
+def message_added(m: Message) -> dict[str, Any]:
+    return {"type": "message_added", "conversation_id": m.conversation_id, "message": message(m)}
+
+
+def conversation_deleted(conversation_id: str) -> dict[str, Any]:
+    return {"type": "conversation_deleted", "conversation_id": conversation_id}
+
