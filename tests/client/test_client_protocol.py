@@ -151,3 +151,20 @@ def test_a_followed_reply_that_died_is_generated_again():
     first = lambda peer: first_connection(peer, [1, 2], {**READY, "replies_in_flight": []})  # noqa: E731
     pieces, reply, _ = asyncio.run(run([first, second]))
     assert pieces == WORDS and (reply.message_id, reply.status, reply.content) == ("r2", "complete", TEXT)
+
+
+def test_a_message_whose_ack_was_lost_is_sent_again_with_its_client_id():
+    async def first(peer: Peer) -> None:
+        await peer.send(**READY, replies_in_flight=[])
+        await peer.recv()
+        peer.drop()  # stored or not, the client cannot tell: no ack came
+
+    async def second(peer: Peer) -> None:
+        await peer.send(**READY, replies_in_flight=[])
+        resend = await peer.recv()
+        assert (resend["type"], resend["client_id"], resend["content"]) == ("message", "k1", "a b c d e")
+        await peer.send(**{**ACK, "duplicate": True})
+        await peer.send(**DONE)
+
+    pieces, reply, received = asyncio.run(run([first, second]))
+    assert pieces == [TEXT] and reply.reply_to == "m1" and [f["client_id"] for f in received] == ["k1", "k1"]
