@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # for at most this many detached replies per user; past that a detached reply stops at once.
     detached_reply_s: float = Field(default=120.0, ge=0)
     max_detached_replies: int = Field(default=3, ge=0)
+    # A reply running longer than this has its text so far saved this often (0: never), so that
+    # after a crash the sweep stores what the person saw rather than an empty reply.
+    reply_checkpoint_s: float = Field(default=5.0, ge=0)
 
     llm: Literal["echo", "openai"] = "echo"
     llm_timeout_s: float = Field(default=120.0, gt=0)

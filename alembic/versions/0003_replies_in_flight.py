@@ -25,7 +25,7 @@ def upgrade() -> None:
         sa.Column("user_id", sa.String(length=255), nullable=False),
         sa.Column("owner", sa.String(length=64), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("content", sa.Text(), server_default="", nullable=False),
+        sa.Column("content", sa.Text(), nullable=False),
         sa.ForeignKeyConstraint(["user_message_id"], ["messages.id"],
                                 name="fk_replies_in_flight_user_message_id_messages", ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["conversation_id"], ["conversations.id"],

@@ -71,10 +71,13 @@ async def _generate_and_store(deps: ReplyDeps, reply: Reply, message: Message, r
     try:
         turn = ChatTurn(message.conversation_id, message.content, await _context(deps, message), draft.stats)
 
+        checkpoint = Checkpointer(deps, reply)
+
         async def publish(piece: str) -> None:
             if not reply.pieces:
                 draft.first_piece()
             await deps.bus.publish(reply, piece)
+            checkpoint.maybe()
 
         status, detail = await stream_reply(deps.backend, turn, reply, publish, deps.settings.llm_timeout_s)
     except DatabaseUnavailable:
@@ -93,6 +96,35 @@ async def _generate_and_store(deps: ReplyDeps, reply: Reply, message: Message, r
     if stored is None:  # the conversation was deleted while the reply was being stored
         return Outcome(None, ErrorCode.NOT_FOUND)
     return Outcome(stored)
+
+
+class Checkpointer:
+    """Every `reply_checkpoint_s` of a long reply, its text so far goes to its record in flight,
+    so that a crash sweep stores what the person saw. Off the producer's path: the write runs in
+    its own task, one at a time, and a failed one is only logged. Short replies never write."""
+
+    __slots__ = ("deps", "reply", "interval", "due", "writing")
+
+    def __init__(self, deps: ReplyDeps, reply: Reply):
+        self.deps, self.reply = deps, reply
+        self.interval = deps.settings.reply_checkpoint_s
+        self.due = time.monotonic() + self.interval
+        self.writing: asyncio.Task[None] | None = None
+
+    def maybe(self) -> None:
+        if self.interval <= 0 or time.monotonic() < self.due or self.writing is not None:
+            return
+        self.due = time.monotonic() + self.interval
+        self.writing = asyncio.ensure_future(self._write(self.reply.content))
+
+    async def _write(self, content: str) -> None:
+        reply = self.reply
+        try:
+            await self.deps.db.write(lambda store: store.checkpoint_reply(reply.reply_to, reply.id, content))
+        except DatabaseUnavailable:
+            log.warning("checkpoint of reply %s failed", reply.id, exc_info=True)
+        finally:
+            self.writing = None
 
 
 async def _context(deps: ReplyDeps, message: Message) -> list[ContextMessage]:

@@ -84,7 +84,7 @@ replies_in_flight = Table(
     Column("owner", String(64), nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=False),
     # The text so far, as of the last checkpoint (a long reply's; empty for most).
-    Column("content", Text, nullable=False, server_default=""),
+    Column("content", Text, nullable=False),
     Index("ix_replies_in_flight_owner", "owner"),
 )
 

@@ -83,10 +83,10 @@ async def kill_after_ack(server: ServerProcess) -> None:
 
     server.restart()
     stored = Rest(server, token).all_messages(ack["conversation_id"])
-    # The reply row is only written when the reply ends, and it never ended: only the user message.
-    assert len(stored) == 1, stored
+    # The reply never ended: the restart stored it as interrupted, with what it had (nothing yet).
     assert stored[0]["id"] == ack["message_id"] and stored[0]["client_id"] == k
-    assert rows(stored) == [("user", content, "complete")]
+    assert rows(stored) == [("user", content, "complete"), ("assistant", "", "interrupted")]
+    assert stored[1]["reply_to"] == ack["message_id"]
 
     c2 = await Client.open(server, token=token)
     try:
@@ -94,9 +94,10 @@ async def kill_after_ack(server: ServerProcess) -> None:
         await c2.message(content, client_id=k)
         done = check_fresh_reply(await read_until_turn_ends(c2), ack, content)
         h = await c2.history(ack["conversation_id"])
-        assert rows(h["messages"]) == [("user", content, "complete"), ("assistant", ECHO + content, "complete")]
-        assert h["messages"][1]["id"] == done["message_id"]
-        assert h["messages"][1]["reply_to"] == ack["message_id"]
+        assert rows(h["messages"]) == [("user", content, "complete"), ("assistant", "", "interrupted"),
+                                       ("assistant", ECHO + content, "complete")]
+        assert h["messages"][2]["id"] == done["message_id"]
+        assert h["messages"][2]["reply_to"] == ack["message_id"]
     finally:
         await c2.close()
 
@@ -127,9 +128,16 @@ async def repeated_kills(server: ServerProcess) -> None:
         await c.close()
         server.restart()
         stored = Rest(server, token).all_messages(conversation)
-        # Every message acknowledged so far, exactly as sent; no reply was ever finished or stored.
-        assert [(m["id"], m["client_id"], m["role"], m["content"], m["status"]) for m in stored] == [
-            (a["message_id"], a["client_id"], "user", text, "complete") for a, text in acked]
+        # Every message acknowledged so far, exactly as sent, and the start after each kill stored
+        # the reply that died with it as interrupted, with no more than the client had seen.
+        users = [m for m in stored if m["role"] == "user"]
+        assert [(m["id"], m["client_id"], m["content"], m["status"]) for m in users] == [
+            (a["message_id"], a["client_id"], text, "complete") for a, text in acked]
+        replies = {m["reply_to"]: m for m in stored if m["role"] == "assistant"}
+        assert set(replies) == {a["message_id"] for a, _ in acked} and len(stored) == 2 * len(acked)
+        for ack, text in acked:
+            assert replies[ack["message_id"]]["status"] == "interrupted"
+            assert (ECHO + text).startswith(replies[ack["message_id"]]["content"])
 
     async def resend(ack: dict[str, Any], content: str) -> dict[str, Any]:
         c = await Client.open(server, token=token)
@@ -142,8 +150,8 @@ async def repeated_kills(server: ServerProcess) -> None:
     dones = await asyncio.gather(*(resend(a, text) for a, text in acked))
     stored = Rest(server, token).all_messages(conversation)
     users = [m for m in stored if m["role"] == "user"]
-    replies = {m["reply_to"]: m for m in stored if m["role"] == "assistant"}
-    assert [m["id"] for m in users] == [a["message_id"] for a, _ in acked] and len(stored) == 2 * len(acked)
+    replies = {m["reply_to"]: m for m in stored if m["role"] == "assistant" and m["status"] == "complete"}
+    assert [m["id"] for m in users] == [a["message_id"] for a, _ in acked] and len(stored) == 3 * len(acked)
     for (ack, text), done in zip(acked, dones, strict=True):
         reply = replies[ack["message_id"]]
         assert (reply["id"], reply["content"], reply["status"]) == (done["message_id"], ECHO + text, "complete")
@@ -172,8 +180,11 @@ async def sigterm_mid_reply(server: ServerProcess) -> None:
     received = []
     for t, (frames, code) in zip(turns, ended, strict=True):
         assert code == 1001, (code, frames)
-        assert all(f["type"] == "delta" for f in frames), frames  # no done: the client was never told
-        received.append(t.text + "".join(f["content"] for f in frames))
+        # The socket still followed its reply: it is told the reply stopped, then closed.
+        assert {f["type"] for f in frames[:-1]} <= {"delta"} and frames[-1]["type"] == "done", frames
+        assert frames[-1]["status"] == "interrupted"
+        received.append(t.text + "".join(f["content"] for f in frames[:-1]))
+        assert frames[-1]["content"] == received[-1]
 
     server.restart()
     for c, t, content, got in zip(clients, turns, contents, received, strict=True):

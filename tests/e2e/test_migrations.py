@@ -24,7 +24,7 @@ from server.db.engine import make_engine
 from server.db.migrate import alembic_config, head_revision, upgrade_to_head
 from server.db.schema import metadata
 
-TABLES = {"conversations", "messages", "server_secrets"}
+TABLES = {"conversations", "messages", "replies_in_flight", "server_secrets"}
 
 
 async def on_db(url: str, fn: Callable[[Connection], Any]) -> Any:

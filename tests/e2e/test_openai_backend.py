@@ -29,12 +29,14 @@ BUDGET = 300  # CHAT_CONTEXT_CHARS: small, so that a few 100-character messages 
 FULL = "".join(DEFAULT_CHUNKS)
 SLOW = {"chunks": [f"t{i} " for i in range(100)], "delay": 0.05}  # 5 s: a cancel lands mid-stream
 CLOSE_BOUND_S = 2.0  # the contract is "about a second"; slack for a loaded CI machine
+DETACHED_S = 0.5  # how long a reply goes on after its socket left
 
 
 def openai_env(base_url: str) -> dict[str, str]:
     return {"CHAT_LLM": "openai", "OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": KEY, "CHAT_MODEL": "fake-model",
             "CHAT_LLM_FIRST_TOKEN_TIMEOUT_S": "1", "CHAT_LLM_IDLE_TIMEOUT_S": "1", "CHAT_LLM_RETRIES": "2",
-            "CHAT_SYSTEM_PROMPT": SYSTEM, "CHAT_CONTEXT_CHARS": str(BUDGET)}
+            "CHAT_SYSTEM_PROMPT": SYSTEM, "CHAT_CONTEXT_CHARS": str(BUDGET),
+            "CHAT_DETACHED_REPLY_S": str(DETACHED_S)}
 
 
 @pytest.fixture(scope="module")
@@ -338,7 +340,7 @@ async def test_cancel_mid_stream_closes_the_upstream_stream_promptly(llm_server,
 
 
 @aio
-async def test_client_disconnect_mid_stream_closes_the_upstream_stream_and_stores_interrupted(llm_server, fake):
+async def test_a_detached_reply_whose_time_runs_out_closes_the_upstream_stream(llm_server, fake):
     fake.reset(SLOW)
     c = await Client.open(llm_server)
     await c.message("another long story")
@@ -348,8 +350,8 @@ async def test_client_disconnect_mid_stream_closes_the_upstream_stream_and_store
 
     [call] = fake.calls
     closed_at = fake.wait_closed(call)
-    assert closed_at is not None, "the upstream stream was not closed after the client left"
-    assert closed_at - left_at < CLOSE_BOUND_S
+    assert closed_at is not None, "the upstream stream was not closed when the detached reply stopped"
+    assert DETACHED_S * 0.8 < closed_at - left_at < DETACHED_S + CLOSE_BOUND_S, "it went on, then stopped"
     assert not call.finished and call.chunks_sent < len(SLOW["chunks"])
 
     messages = await stored(llm_server, c, t.ack["conversation_id"], 2)

@@ -128,15 +128,21 @@ async def test_cancel_stops_only_the_current_turn_not_the_waiting_ones(slow_serv
         await c.close()
 
 
-# -- disconnect ------------------------------------------------------------------------------------
+# -- disconnect (replies that go on without their socket: test_replies_outlive_socket.py) -----------
+@pytest.fixture
+def stopping_server(db, session_servers):
+    """Replies stop with their socket (no detached time), echo pausing 50 ms before each delta."""
+    return session_servers(db, CHAT_ECHO_DELAY_MS=50, CHAT_DETACHED_REPLY_S=0)
+
+
 @aio
-async def test_disconnect_mid_reply_stores_it_as_interrupted(slow_server):
-    c = await Client.open(slow_server)
+async def test_with_no_detached_time_a_disconnect_mid_reply_stores_it_interrupted(stopping_server):
+    c = await Client.open(stopping_server)
     long = words(100)
     await c.message(long, client_id=cid())
     t = await c.collect(stop_after_deltas=2)
     await c.close()
-    messages = await stored_reply(Rest(slow_server, c.token), t.ack["conversation_id"], 2)
+    messages = await stored_reply(Rest(stopping_server, c.token), t.ack["conversation_id"], 2)
     reply = messages[1]
     assert reply["role"] == "assistant" and reply["status"] == "interrupted"
     assert reply["id"] == t.start["message_id"] and reply["reply_to"] == t.ack["message_id"]
@@ -239,7 +245,7 @@ async def test_resend_of_a_completed_turn_returns_the_stored_reply_without_gener
 
 
 @aio
-async def test_resend_from_another_socket_while_streaming_waits_for_the_same_reply(slow_server):
+async def test_resend_from_another_socket_while_streaming_streams_the_same_reply(slow_server):
     c1 = await Client.open(slow_server)
     c2 = await Client.open(slow_server, token=c1.token)
     try:
@@ -250,7 +256,9 @@ async def test_resend_from_another_socket_while_streaming_waits_for_the_same_rep
         dup = await c2.collect()
         first.frames.extend((await c1.collect()).frames)
         assert first.done["status"] == "complete" and first.done["content"] == echo(long)
-        assert dup.types() == ["ack", "done"], dup.frames
+        assert dup.types()[:2] == ["ack", "start"] and dup.start == first.start, dup.frames
+        assert [d["seq"] for d in dup.deltas] == list(range(1, len(dup.deltas) + 1))
+        assert dup.text == dup.done["content"]
         assert dup.ack["duplicate"] is True and dup.ack["message_id"] == first.ack["message_id"]
         assert dup.done["message_id"] == first.done["message_id"]
         assert dup.done["content"] == first.done["content"] and dup.done["status"] == "complete"
@@ -262,7 +270,8 @@ async def test_resend_from_another_socket_while_streaming_waits_for_the_same_rep
 
 
 @aio
-async def test_resend_after_an_interrupted_reply_generates_a_fresh_one(slow_server):
+async def test_resend_after_an_interrupted_reply_generates_a_fresh_one(stopping_server):
+    slow_server = stopping_server
     c1 = await Client.open(slow_server)
     k, long = cid(), words(30)
     await c1.message(long, client_id=k)
@@ -412,7 +421,8 @@ def big_content(i: int) -> str:
 
 @pytest.fixture
 def impatient_server(db, make_server):
-    return make_server(db, CHAT_SEND_TIMEOUT_S=1, CHAT_ECHO_DELAY_MS=0)
+    # No detached time: the reply the client was cut off from stops with it.
+    return make_server(db, CHAT_SEND_TIMEOUT_S=1, CHAT_ECHO_DELAY_MS=0, CHAT_DETACHED_REPLY_S=0)
 
 
 async def ask_for_more_than_the_buffers_hold(srv):  # type: ignore[no-untyped-def]

@@ -83,8 +83,9 @@ class Client:
 
     @classmethod
     async def open(cls, server: Any, token: str | None = None, conversation_id: str | None = None,
-                   origin: str | None = None, headers: dict[str, str] | None = None, **kw: Any) -> Client:
-        params = []
+                   origin: str | None = None, headers: dict[str, str] | None = None, sync: bool = False,
+                   **kw: Any) -> Client:
+        params = ["sync=1"] if sync else []
         if token:
             params.append(f"token={token}")
         if conversation_id:

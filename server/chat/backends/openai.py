@@ -92,7 +92,7 @@ class OpenAIBackend:
         try:
             async with asyncio.timeout(s.llm_first_token_timeout_s):
                 stream = await self.client.chat.completions.create(
-                    model=self.model, messages=messages, stream=True,  # type: ignore[arg-type]
+                    model=self.model, messages=messages, stream=True,  # type: ignore[arg-type,call-overload]
                     stream_options={"include_usage": True})
                 chunks = aiter(stream)
                 async for chunk in chunks:

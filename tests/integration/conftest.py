@@ -1,0 +1,40 @@
+"""In-process tests of the turn path: the real turn runner, reply bus and database (a temporary
+SQLite file, migrated), with a fake socket and a model the test steps piece by piece. No server
+process and no network: each test takes milliseconds."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.inprocess import Harness, SteppedModel
+
+from server.chat.services import Services
+from server.config import Settings
+from server.db.migrate import upgrade_to_head
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Callable[..., Any]:
+    """harness(pieces=10, **settings): an async context manager giving a Harness."""
+
+    def make(pieces: int = 10, **settings: Any) -> Any:
+        @contextlib.asynccontextmanager
+        async def running() -> AsyncIterator[Harness]:
+            cfg = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/chat.db", echo_delay_ms=0, **settings)
+            await upgrade_to_head(cfg)
+            svc = await Services.start(cfg)
+            model = SteppedModel(pieces)
+            svc.backend = model
+            try:
+                yield Harness(svc, model)
+            finally:
+                await svc.bus.shut_down(5)
+                await svc.close()
+
+        return running()
+
+    return make
