@@ -102,3 +102,19 @@ def test_an_unknown_conversation_is_not_found_at_connect(chat_server):
         assert not_found.value.code == "not_found" and "no-such-conversation" in str(not_found.value)
 
     asyncio.run(main())
+
+
+def test_rate_limited_is_an_error_with_its_code(chat_server_factory):
+    server = chat_server_factory(CHAT_RATE_LIMIT_PER_MINUTE="1")
+
+    async def main() -> None:
+        async with ChatClient(server.ws_url) as chat:
+            codes = []
+            for i in range(5):
+                try:
+                    await chat.send(f"message {i}")
+                except ChatError as e:
+                    codes.append(e.code)
+            assert "rate_limited" in codes and set(codes) == {"rate_limited"}, codes
+
+    asyncio.run(main())
