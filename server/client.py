@@ -73,10 +73,6 @@ class Refused(ChatError):
         super().__init__("refused", detail)
         self.status, self.close_code = status, close_code
 
-    @property
-    def retryable(self) -> bool:
-        return self.status == 429 or self.close_code == 1013
-
 
 class ConnectionFailed(ChatError):
     """No server answered after the configured retries, or the connection was lost for good."""
@@ -694,9 +690,9 @@ class ChatClient:
             async with self._send_lock:
                 self._ws = None
             if code in _FATAL_CLOSE:
-                error: ChatError = Refused(f"{self.url} closed the connection: {code} ({_FATAL_CLOSE[code]})",
-                                           close_code=code) if code == 1008 else \
-                    ChatError("closed", f"{self.url} closed the connection: {code} ({_FATAL_CLOSE[code]})")
+                reason = f": {ws.close_reason}" if ws.close_reason else ""
+                detail = f"{self.url} closed the connection: {code} ({_FATAL_CLOSE[code]}){reason}"
+                error: ChatError = Refused(detail, close_code=code) if code == 1008 else ChatError("closed", detail)
                 self._give_up(error)
                 return
             log.info("socket closed (code %s); reconnecting", code)

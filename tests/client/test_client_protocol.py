@@ -9,9 +9,10 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from server.client import ChatClient
+from server.client import ChatClient, Refused
 
 WORDS = ["You ", "said: ", "a ", "b ", "c ", "d ", "e"]
 TEXT = "".join(WORDS)
@@ -168,3 +169,30 @@ def test_a_message_whose_ack_was_lost_is_sent_again_with_its_client_id():
 
     pieces, reply, received = asyncio.run(run([first, second]))
     assert pieces == [TEXT] and reply.reply_to == "m1" and [f["client_id"] for f in received] == ["k1", "k1"]
+
+
+def test_a_close_1008_before_ready_is_a_refusal_naming_the_reason():
+    async def refuse(peer: Peer) -> None:
+        await peer.ws.close(1008, "origin not allowed")
+
+    async def main() -> None:
+        async with serve(lambda ws: refuse(Peer(ws, [])), "127.0.0.1", 0) as server:
+            port = list(server.sockets)[0].getsockname()[1]
+            with pytest.raises(Refused) as refused:
+                async with ChatClient(f"ws://127.0.0.1:{port}/ws"):
+                    pass
+            assert refused.value.close_code == 1008 and "origin not allowed" in str(refused.value)
+
+    asyncio.run(main())
+
+
+def test_a_close_1008_mid_reply_fails_the_wait_instead_of_reconnecting():
+    async def only(peer: Peer) -> None:
+        await peer.send(**READY, replies_in_flight=[])
+        await peer.recv()
+        await peer.send(**ACK)
+        await peer.ws.close(1008, "token expired")
+
+    with pytest.raises(Refused) as refused:
+        asyncio.run(run([only]))
+    assert refused.value.close_code == 1008 and "token expired" in str(refused.value)
