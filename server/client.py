@@ -446,6 +446,7 @@ class ChatClient:
     def stream(self, content: str, *, conversation_id: Target = _CURRENT, client_id: str | None = None,
                timeout: float | None = None) -> ReplyStream:
         """Send a message; iterate the result for the reply's pieces, or await it for the Reply.
+        The message is sent when the iteration (or the await) begins.
 
         `conversation_id`: absent for the current conversation, None for a new one.
         `client_id`: the idempotency key (a fresh one when absent).
