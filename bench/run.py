@@ -61,6 +61,9 @@ CHAT_ENV = {  # the benchmark settings: echo without a pause, no abuse limits in
     "CHAT_ECHO_DELAY_MS": "0",
     "CHAT_RATE_LIMIT_PER_MINUTE": "1000000",
     "CHAT_MAX_FRAMES_PER_SECOND": "100000",
+    "CHAT_OPEN_MODE_USERS_PER_MINUTE": "0",  # every benchmark socket is a new user from 127.0.0.1
+    "CHAT_HTTP_REQUESTS_PER_MINUTE": "0",
+    "CHAT_HTTP_REQUESTS_PER_MINUTE_PER_ADDRESS": "0",
 }
 
 
