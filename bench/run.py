@@ -170,7 +170,7 @@ def server_command(args: argparse.Namespace, server: str, port: int, db_urls: tu
     if server == "chat-server" or args.baseline:
         env.update(CHAT_ENV, CHAT_DATABASE_URL=db_urls[0])
         env.update(kv.split("=", 1) for kv in args.server_env)
-        binary = args.chat_server if server == "chat-server" else args.baseline
+        binary = args.chat_server if server == "chat-server" else os.path.abspath(args.baseline)
         return [binary, "--host", "127.0.0.1", "--port", str(port)], env
     return [sys.executable, str(CEILING), "--db", db_urls[1], "--port", str(port)], env
 
