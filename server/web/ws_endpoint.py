@@ -61,7 +61,7 @@ async def handle_socket(scope: Scope, receive, send, svc: Services,  # type: ign
         identity = svc.auth.identify(token)
     except TooMany as e:
         log.info("refused a socket from %r: %s", scope.get("client"), e)
-        await sock.refuse_http(429, str(e), e.headers)
+        await sock.refuse(str(e), 429, e.headers)
         return
     except AuthError as e:
         log.info("refused a socket: %r", str(e))
