@@ -39,14 +39,15 @@ class Socket:
     async def refuse(self, reason: str = "", status: int = 403, headers: dict[str, str] | None = None) -> None:
         """Before accept: HTTP `status` whose body is `reason` (the "websocket.http.response" ASGI
         extension), so that wscat and browsers' devtools show why; without the extension, a close
-        with the reason: 1013 for a 429, else 1008 (uvicorn then answers an empty 403)."""
+        with the reason: 1013 for a 429, 1001 for a 503, else 1008 (uvicorn then answers an empty 403)."""
         if self.http_response:
             raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
             await self._send({"type": "websocket.http.response.start", "status": status,
                               "headers": [(b"content-type", b"text/plain; charset=utf-8"), *raw]})
             await self._send({"type": "websocket.http.response.body", "body": reason.encode()})
         else:
-            await self._send({"type": "websocket.close", "code": 1013 if status == 429 else 1008, "reason": reason})
+            code = {429: 1013, 503: 1001}.get(status, 1008)
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
     # -- frames --------------------------------------------------------------------------------
     async def receive(self) -> Incoming:

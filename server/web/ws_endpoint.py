@@ -40,7 +40,7 @@ async def handle_socket(scope: Scope, receive, send, svc: Services,  # type: ign
     if not await sock.wait_connect():
         return
     if svc.hub.shutting_down:
-        await sock.refuse("shutting down")
+        await sock.refuse("shutting down", 503)  # not an auth refusal: a client should retry elsewhere
         return
     if not origin_allowed(_header(scope, b"origin"), _header(scope, b"host"), svc.settings.allowed_origins):
         # Escaped, not %r: a newline cannot forge a log line, and the line reads as before.
