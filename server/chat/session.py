@@ -115,6 +115,11 @@ class ChatSession:
         else:  # forget the ones that ended, so a long-lived socket holds only what it follows now
             for reply_id in [k for k, f in self.followers.items() if not f.active]:
                 del self.followers[reply_id]
+        # One follower per reply and socket (a tab that resends the message another tab's reply
+        # answers would otherwise get each frame twice): the newer one, which starts from seq 1.
+        previous = self.followers.get(follower.reply.id)
+        if previous is not None and previous is not follower:
+            previous.drop()
         self.followers[follower.reply.id] = follower
 
     def event(self, frame: dict[str, Any]) -> None:

@@ -315,3 +315,29 @@ async def test_a_follower_that_stops_reading_is_cut_off_without_slowing_the_repl
     finally:
         stalled.transport.abort()
         await a.close()
+
+
+@aio
+async def test_a_sync_tab_that_resends_the_message_gets_each_frame_once(slow_server):
+    a = await Client.open(slow_server)
+    tab = await Client.open(slow_server, token=a.token, sync=True)
+    try:
+        k = cid()
+        await a.message(words(20), client_id=k)
+        t = await a.collect(stop_after_deltas=1)
+        await tab.expect("message_added")
+        await tab.message("ignored", client_id=k)  # the same message, resent from the other tab
+        frames = []
+        while not frames or frames[-1]["type"] != "done":
+            frames.append(await tab.recv(30))
+        deltas = [f for f in frames if f["type"] == "delta"]
+        seqs = [d["seq"] for d in deltas]
+        # Whatever it saw before the resend, it sees each piece of the resend's stream once, in order.
+        last_start = max(i for i, f in enumerate(frames) if f["type"] == "start")
+        tail = [f["seq"] for f in frames[last_start:] if f["type"] == "delta"]
+        assert tail == list(range(1, len(tail) + 1)), seqs
+        assert [f["type"] for f in frames].count("done") == 1
+        assert frames[-1]["message_id"] == t.start["message_id"] and frames[-1]["status"] == "complete"
+    finally:
+        await a.close()
+        await tab.close()
