@@ -241,7 +241,7 @@ class PgReplyBus(LocalReplyBus):
                 if mirror is None:
                     continue
                 mirror.heard = time.monotonic()
-                if not mirror.assembler.add(record[2], record[3], record[4]):
+                if not mirror.assembler.add(*record[2:6]):
                     self._ask_again(mirror)
                     continue
                 for follower in mirror.reply.followers[:]:

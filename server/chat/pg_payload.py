@@ -3,7 +3,8 @@
 A payload is a JSON array of records, each a short array whose first item names it. PostgreSQL
 caps a payload below 8000 bytes, so records are packed into payloads of at most MAX_PAYLOAD
 bytes, and a reply's pieces are split into records that fit; a piece bigger than a record
-is cut into fragments (`more` = 1 on a record whose last piece goes on in the next record).
+is cut into fragments (`more` = 1 on a record whose last piece goes on in the next record,
+`continued` = 1 on the record whose first piece is the rest).
 Ids and small pieces only: never a whole reply, never a user message (a receiver that needs
 one reads it from the database).
 """
@@ -23,7 +24,7 @@ DELETED = "d"  # [d, user, conversation_id]: tell the user's sync sockets
 ANNOUNCE = "a"  # [a, user, message_id, reply_id, conversation_id]: a user message committed
 INTEREST = "i"  # [i, from_owner, reply_id, after]: send me the pieces after `after`, then the rest
 UNINTEREST = "u"  # [u, from_owner, reply_id]: no one follows it here any more
-PIECES = "p"  # [p, reply_id, first_seq, [pieces], more]
+PIECES = "p"  # [p, reply_id, first_seq, [pieces], more, continued]
 FINISHED = "f"  # [f, reply_id, status, seq, error]: stored (status) or not (a failure code); seq -1: unknown
 GONE = "g"  # [g, reply_id]: not in flight here (stored, or never was)
 
@@ -58,15 +59,16 @@ def unpack(payload: str) -> list[list[Any]]:
 def pieces_records(reply_id: str, first_seq: int, pieces: list[str], limit: int = MAX_PAYLOAD) -> list[bytes]:
     """Pieces first_seq, first_seq + 1, … as encoded PIECES records of at most `limit` - 2 bytes."""
     budget = limit - 2
-    overhead = len(encode([PIECES, reply_id, 0, [], 0])) + 12  # the seq's digits, commas
+    overhead = len(encode([PIECES, reply_id, 0, [], 0, 0])) + 12  # the seq's digits, commas
     out: list[bytes] = []
     seq, batch, size = first_seq, [], overhead
     start = first_seq
+    continued = 0
 
     def flush(more: int) -> None:
-        nonlocal batch, size, start
-        out.append(encode([PIECES, reply_id, start, batch, more]))
-        batch, size = [], overhead
+        nonlocal batch, size, start, continued
+        out.append(encode([PIECES, reply_id, start, batch, more, continued]))
+        batch, size, continued = [], overhead, more
 
     for piece in pieces:
         cost = len(encode(piece)) + 1
@@ -122,15 +124,16 @@ class Assembler:
         self._partial_seq = 0
         self._partial = ""
 
-    def add(self, first_seq: int, pieces: list[str], more: int) -> bool:
+    def add(self, first_seq: int, pieces: list[str], more: int, continued: int = 0) -> bool:
         """Take one record; False when it leaves a gap (ask the owner again from len(pieces))."""
         pieces = list(pieces)
-        if self._partial_seq:
-            if first_seq == self._partial_seq and pieces:
-                pieces[0] = self._partial + pieces[0]
-            elif first_seq != self._partial_seq:
-                pass  # a new stream (a resend): the fragment is dropped, the resend brings it whole
-            self._partial_seq, self._partial = 0, ""
+        if continued:
+            if self._partial_seq != first_seq or not pieces:
+                self._partial_seq, self._partial = 0, ""
+                return False  # the rest of a piece whose start was lost
+            pieces[0] = self._partial + pieces[0]
+        # Otherwise a fragment waiting is dropped: a new stream (a resend) brings its piece whole.
+        self._partial_seq, self._partial = 0, ""
         if more and pieces:
             last = pieces.pop()
             self._partial_seq, self._partial = first_seq + len(pieces), last
