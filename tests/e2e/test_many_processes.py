@@ -1,0 +1,354 @@
+"""Many processes, one PostgreSQL: two real chat-server processes on one database behave as one
+server (PROTOCOL.md "Many processes"). PostgreSQL only: SQLite serves one process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from support.client import Client, Rest, aio, cid, poll, words
+from support.servers import ServerProcess, pg_execute
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+Pair = Callable[..., tuple[ServerProcess, ServerProcess]]
+
+
+@pytest.fixture
+def pair(make_server, tmp_root: Path, request: pytest.FixtureRequest) -> Iterator[Pair]:
+    """pair(**env): two processes on one fresh PostgreSQL database."""
+    extra: list[ServerProcess] = []
+
+    def make(**env: object) -> tuple[ServerProcess, ServerProcess]:
+        a = make_server("postgres", **env)
+        b = ServerProcess(a.db_url, {k: str(v) for k, v in env.items()},
+                          Path(tempfile.mkdtemp(prefix="srv-b-", dir=tmp_root)))
+        extra.append(b)
+        return a, b.start()
+
+    yield make
+    for s in extra:
+        if getattr(request.node, "rep_call_failed", False):
+            print(f"--- log of the second process ---\n{s.log_tail(60)}")
+        s.kill()
+
+
+def dbname(server: ServerProcess) -> str:
+    return server.db_url.rsplit("/", 1)[1]
+
+
+async def open_conversation(server: ServerProcess, token: str | None = None) -> tuple[Client, str]:
+    c = await Client.open(server, token=token)
+    t = await c.complete("hello", conversation_id=None)
+    return c, t.ack["conversation_id"]
+
+
+def replies_by_message(messages: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for m in messages:
+        if m["role"] == "assistant":
+            out.setdefault(m["reply_to"], []).append(m)
+    return out
+
+
+# -- duplicates ----------------------------------------------------------------------------------------
+@aio
+async def test_the_same_client_id_at_the_same_moment_on_two_processes_is_one_message_one_reply(pair):
+    a, b = pair(CHAT_ECHO_DELAY_MS=5)
+    ca, conv = await open_conversation(a)
+    cb = await Client.open(b, token=ca.token)
+    try:
+        for i in range(12):
+            k = cid(f"same{i}")
+            content = f"twice {i} " + words(10)
+            await asyncio.gather(ca.message(content, client_id=k, conversation_id=conv),
+                                 cb.message(content, client_id=k, conversation_id=conv))
+            ta, tb = await asyncio.gather(ca.collect(), cb.collect())
+            assert sorted([ta.ack["duplicate"], tb.ack["duplicate"]]) == [False, True], (ta.frames, tb.frames)
+            assert ta.ack["message_id"] == tb.ack["message_id"]
+            for t in (ta, tb):
+                assert t.done is not None and t.done["status"] == "complete", t.frames
+                if t.deltas:  # streamed (it followed the reply), so the pieces make the whole
+                    assert t.text == t.done["content"]
+            assert ta.done["message_id"] == tb.done["message_id"]
+            assert ta.done["content"] == tb.done["content"]
+        stored = Rest(a, ca.token).all_messages(conv)
+        users = [m for m in stored if m["role"] == "user"]
+        assert len(users) == 13 and len({m["client_id"] for m in users}) == 13
+        assert all(len(rs) == 1 for rs in replies_by_message(stored).values())
+        assert len(replies_by_message(stored)) == 13
+    finally:
+        await ca.close()
+        await cb.close()
+
+
+# -- resume, cancel by id, sync, DELETE ------------------------------------------------------------------
+@aio
+async def test_resume_cancel_sync_and_delete_cross_processes(pair):
+    a, b = pair(CHAT_ECHO_DELAY_MS=40)
+    ca, conv = await open_conversation(a)
+    tab = await Client.open(b, token=ca.token, sync=True)  # another tab, on the other process
+    cb = await Client.open(b, token=ca.token)
+    try:
+        # ?sync=1 on B hears a message committed on A, then its reply.
+        await ca.message("from the first tab " + words(8), client_id=cid(), conversation_id=conv)
+        t = await ca.collect()
+        added = await tab.expect("message_added")
+        assert added["message"]["id"] == t.ack["message_id"] and added["conversation_id"] == conv
+        r = await tab.collect()
+        assert r.start["message_id"] == t.start["message_id"] and r.done["status"] == "complete"
+        assert r.text == r.done["content"] == t.done["content"]
+
+        # resume on B of a reply generated on A, from the last seq the client had.
+        await ca.message(words(40), client_id=cid(), conversation_id=conv)
+        t = await ca.collect(stop_after_deltas=3)
+        reply_id = t.start["message_id"]
+        back = await Client.open(b, token=ca.token)
+        listed = back.ready["replies_in_flight"]
+        assert [x["message_id"] for x in listed] == [reply_id], back.ready
+        assert listed[0]["reply_to"] == t.ack["message_id"] and listed[0]["conversation_id"] == conv
+        await back.send({"type": "resume", "message_id": reply_id, "after": 3})
+        r = await back.collect()
+        assert r.start["message_id"] == reply_id and r.start["reply_to"] == t.ack["message_id"]
+        assert [d["seq"] for d in r.deltas] == list(range(4, 4 + len(r.deltas)))
+        had = "".join(d["content"] for d in t.deltas[:3])
+        assert had + r.text == r.done["content"] and r.done["status"] == "complete"
+        await back.close()
+        await ca.collect()
+        tab_frames = await tab.collect()  # the tab followed that one too
+        assert tab_frames.done["message_id"] == reply_id
+
+        # cancel by id on B stops a reply generated on A, within a second or so.
+        await ca.message(words(200), client_id=cid(), conversation_id=conv)
+        t = await ca.collect(stop_after_deltas=2)
+        sent = time.monotonic()
+        await cb.send({"type": "cancel", "message_id": t.start["message_id"]})
+        rest = await ca.collect(timeout=10)
+        assert rest.done["status"] == "cancelled" and time.monotonic() - sent < 3, rest.frames
+        await tab.collect()
+
+        # A DELETE on B stops a reply in flight on A; B's sync tab hears of the deletion.
+        await ca.message(words(200), client_id=cid(), conversation_id=conv)
+        t = await ca.collect(stop_after_deltas=2)
+        assert Rest(b, ca.token).delete(conv).status_code == 204
+        ended = await ca.collect(timeout=10)
+        assert ended.done is None and ended.frames[-1]["type"] == "error", ended.frames
+        assert ended.frames[-1]["code"] == "not_found"
+        deadline = time.monotonic() + 10
+        while True:
+            frame = await tab.recv(max(0.1, deadline - time.monotonic()))
+            if frame["type"] == "conversation_deleted":
+                assert frame["conversation_id"] == conv
+                break
+        assert Rest(a, ca.token).messages(conv).status_code == 404
+    finally:
+        await ca.close()
+        await cb.close()
+        await tab.close()
+
+
+# -- a process dies ------------------------------------------------------------------------------------
+@aio
+async def test_kill_9_mid_reply_tells_the_other_processs_follower_and_regenerates_for_its_duplicate(pair):
+    a, b = pair(CHAT_ECHO_DELAY_MS=60)
+    ca, conv = await open_conversation(a)
+    follower = await Client.open(b, token=ca.token)
+    duplicate = await Client.open(b, token=ca.token)
+    try:
+        k = cid()
+        await ca.message(words(120), client_id=k, conversation_id=conv)
+        t = await ca.collect(stop_after_deltas=2)
+        reply_id = t.start["message_id"]
+        await follower.send({"type": "resume", "message_id": reply_id})
+        await follower.expect("start")
+        await duplicate.message("ignored", client_id=k)
+        ack = await duplicate.expect("ack")
+        assert ack["duplicate"] and ack["message_id"] == t.ack["message_id"]
+        await asyncio.sleep(0.3)  # both follow it now
+        a.kill()
+        killed = time.monotonic()
+        r = await follower.collect(timeout=30)
+        assert r.done is not None and r.done["status"] == "interrupted" and r.done["message_id"] == reply_id
+        fresh = await duplicate.collect(timeout=60)  # it may stream the old one first, with no end
+        starts = [f for f in fresh.frames if f["type"] == "start"]
+        assert starts and starts[-1]["message_id"] != reply_id, fresh.frames
+        assert time.monotonic() - killed < 30
+        assert fresh.done["message_id"] == starts[-1]["message_id"]
+        assert fresh.done["status"] == "complete" and fresh.done["content"].endswith(words(120).split()[-1])
+        stored = Rest(b, ca.token).all_messages(conv)
+        replies = replies_by_message(stored)[t.ack["message_id"]]
+        assert [(m["id"], m["status"]) for m in replies] == [(reply_id, "interrupted"),
+                                                              (starts[-1]["message_id"], "complete")]
+    finally:
+        await follower.close()
+        await duplicate.close()
+
+
+@aio
+async def test_sigterm_tells_followers_on_other_processes_and_removes_its_lease(pair):
+    a, b = pair(CHAT_ECHO_DELAY_MS=60)
+    ca, conv = await open_conversation(a)
+    follower = await Client.open(b, token=ca.token)
+    try:
+        await ca.message(words(300), client_id=cid(), conversation_id=conv)
+        t = await ca.collect(stop_after_deltas=1)
+        await follower.send({"type": "resume", "message_id": t.start["message_id"]})
+        await follower.expect("start")
+        a.signal(signal.SIGTERM)
+        r = await follower.collect(timeout=10)
+        assert r.done["status"] == "interrupted" and r.done["message_id"] == t.start["message_id"]
+        assert r.done["content"].startswith("".join(d["content"] for d in t.deltas))
+        a.wait(10)
+        rows = await _pg_rows("SELECT count(*) FROM process_leases", dbname(b))
+        assert rows == [(1,)], "only the live process keeps a lease"
+    finally:
+        await follower.close()
+
+
+# -- the LISTEN connection dies ----------------------------------------------------------------------
+@aio
+async def test_turns_and_cross_process_follows_survive_a_killed_listen_connection(pair):
+    a, b = pair(CHAT_ECHO_DELAY_MS=30)
+    ca, conv = await open_conversation(a)
+    cb, conv_b = await open_conversation(b, token=ca.token)
+    follower = await Client.open(b, token=ca.token)
+    try:
+        await ca.message(words(150), client_id=cid(), conversation_id=conv)
+        t = await ca.collect(stop_after_deltas=2)
+        await follower.send({"type": "resume", "message_id": t.start["message_id"]})
+        await follower.expect("start")
+        async def load_b() -> None:
+            for i in range(8):
+                await cb.complete(f"load {i} " + words(10), conversation_id=conv_b)
+
+        load = asyncio.ensure_future(load_b())
+        # Every LISTEN connection of both processes, cut under load.
+        pg_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                   "WHERE application_name LIKE 'chat-server %'", dbname(a))
+        await load
+        r = await follower.collect(timeout=30)
+        rest = await ca.collect(timeout=30)
+        assert rest.done["status"] == "complete"
+        assert r.done["status"] == "complete" and r.done["content"] == rest.done["content"]
+        assert r.text == r.done["content"], "no piece lost or repeated across the gap"
+        # And a new cross-process follow works once the connections are back.
+        await ca.message(words(30), client_id=cid(), conversation_id=conv)
+        t = await ca.collect(stop_after_deltas=1)
+        await follower.send({"type": "resume", "message_id": t.start["message_id"]})
+        r = await follower.collect(timeout=30)
+        assert r.done["status"] == "complete" and r.text == r.done["content"]
+        await ca.collect()
+        assert a.metric("chat_notify_reconnects_total") >= 1 and b.metric("chat_notify_reconnects_total") >= 1
+    finally:
+        await ca.close()
+        await cb.close()
+        await follower.close()
+
+
+# -- a slow follower elsewhere ---------------------------------------------------------------------------
+@aio
+async def test_a_follower_that_does_not_read_on_another_process_does_not_slow_the_producer(pair):
+    a, b = pair(CHAT_ECHO_DELAY_MS=20, CHAT_SEND_TIMEOUT_S=3)
+    ca, conv = await open_conversation(a)
+    big = " ".join("x" * 1000 + str(i) for i in range(30))  # 30 pieces of 1 kB
+    try:
+        started = time.monotonic()
+        await ca.message(big, client_id=cid(), conversation_id=conv)
+        await ca.collect(timeout=60)
+        alone = time.monotonic() - started
+
+        stalled = await Client.open(b, token=ca.token, max_queue=1)
+        await ca.message(big, client_id=cid(), conversation_id=conv)
+        t = await ca.collect(stop_after_deltas=1)
+        stalled.ws.transport.pause_reading()  # the client stops reading
+        await stalled.send({"type": "resume", "message_id": t.start["message_id"]})
+        started = time.monotonic()
+        rest = await ca.collect(timeout=60)
+        followed = time.monotonic() - started
+        assert rest.done["status"] == "complete"
+        assert followed < 2 * alone + 1, (followed, alone)
+    finally:
+        await ca.close()
+
+
+# -- kill -9 stress -----------------------------------------------------------------------------------
+@aio
+async def test_kill_9_stress_over_two_processes_loses_and_duplicates_nothing(pair):
+    a, b = pair(CHAT_ECHO_DELAY_MS=20)
+    first = await Client.open(a)
+    token = first.token
+    await first.close()
+    acked: dict[str, str] = {}  # client_id -> user message id
+    stop = asyncio.Event()
+
+    async def chatter(name: str) -> None:
+        n, conv = 0, None
+        while not stop.is_set():
+            server = a if n % 2 else b
+            try:
+                c = await Client.open(server, token=token)
+            except Exception:
+                await asyncio.sleep(0.2)
+                n += 1
+                continue
+            try:
+                while not stop.is_set():
+                    k = cid(name)
+                    await c.message(f"{name} {n} " + words(12), client_id=k, conversation_id=conv)
+                    t = await c.collect(timeout=20)
+                    if t.ack is not None:
+                        acked[k] = t.ack["message_id"]
+                        conv = t.ack["conversation_id"]
+                    n += 1
+            except Exception:
+                pass
+            finally:
+                await c.close()
+            n += 1
+
+    tasks = [asyncio.ensure_future(chatter(f"s{i}")) for i in range(6)]
+    for _ in range(3):
+        await asyncio.sleep(1.5)
+        a.kill()
+        await asyncio.sleep(0.5)
+        a.start()
+    await asyncio.sleep(1.5)
+    stop.set()
+    await asyncio.wait(tasks, timeout=30)
+    assert len(acked) > 20
+
+    rest = Rest(b, token)
+
+    def check() -> tuple[list[str], dict[str, int]]:
+        unanswered, seen = [], {}
+        for conversation in rest.conversations():
+            messages = rest.all_messages(conversation["id"])
+            replies = replies_by_message(messages)
+            for m in messages:
+                if m["role"] == "user":
+                    seen[m["client_id"]] = seen.get(m["client_id"], 0) + 1
+                    if m["id"] not in replies:
+                        unanswered.append(m["id"])
+        return unanswered, seen
+
+    unanswered, seen = await poll(lambda: check(), lambda r: not r[0], timeout=40)
+    assert not unanswered, "every acknowledged message ends with a stored reply"
+    assert all(count == 1 for count in seen.values()), "no message stored twice"
+    for k, message_id in acked.items():
+        assert seen.get(k) == 1, (k, message_id)
+
+
+async def _pg_rows(sql: str, db: str) -> list[tuple]:
+    import asyncpg
+    from support.servers import PG_ADMIN_URL
+
+    conn = await asyncpg.connect(PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + db)
+    try:
+        return [tuple(r) for r in await conn.fetch(sql)]
+    finally:
+        await conn.close()
