@@ -2,8 +2,8 @@
 belongs to a session, and a pooled connection changes hands), named "chat-server <owner>" so
 that other processes see from pg_stat_activity when this one dies.
 
-Sending: records wait in memory and go out once per tick (`tick_s`), packed into payloads and
-sent in one statement, `SELECT pg_notify(c, p) FROM unnest($1, $2)`, on this connection in
+Sending: records wait in memory and go out at most once per tick (`tick_s`), packed into
+payloads and sent in one statement, `SELECT pg_notify(c, p) FROM unnest($1, $2)`, on this connection in
 autocommit. Never from a turn's transaction: a transaction that notified takes a database-wide
 lock at commit and holds it through its WAL flush, which would serialise every turn of every
 process. Nothing waits for a send: the producer of a reply never waits on another process.
@@ -88,9 +88,16 @@ class PgChannel:
         self._wake.set()
 
     async def _send_loop(self) -> None:
+        """At most one send per tick: what comes after a quiet spell goes at once, what comes
+        within a tick of the last send waits for the tick's end, coalesced with the rest."""
+        loop = asyncio.get_running_loop()
+        last = 0.0
         while True:
             await self._wake.wait()
-            await asyncio.sleep(self.tick_s)  # coalesce what comes within the tick
+            wait = last + self.tick_s - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            last = loop.time()
             await self.flush()
 
     async def flush(self) -> None:
