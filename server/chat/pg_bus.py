@@ -83,7 +83,10 @@ class PgReplyBus(LocalReplyBus):
 
     # -- producing: what remote followers need ------------------------------------------------------
     async def publish(self, reply: Reply, piece: str) -> None:
-        await super().publish(reply, piece)
+        # LocalReplyBus.publish inlined: this runs once per delta of every turn.
+        reply.pieces.append(piece)
+        for follower in reply.followers[:]:
+            await follower.pump()
         if reply.id in self._remote:
             self._dirty[reply.id] = reply
             assert self.channel is not None
