@@ -50,7 +50,8 @@ def load(args: argparse.Namespace, workdir: Path) -> None:
 
         def col(key, runs=ok):  # type: ignore[no-untyped-def]
             values = [bench.METRICS[key](r) for r in runs]
-            return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})" if values else "-"
+            d = 3 if key == "cpu_ms_per_turn" else 1
+            return f"{statistics.median(values):.{d}f} ({min(values):.{d}f}-{max(values):.{d}f})" if values else "-"
 
         print(f"| {label} | {col('turns_per_s')} | {col('done_p99')} | {col('cpu_ms_per_turn')} |")
 

@@ -146,8 +146,12 @@ class PgChannel:
 
     # -- the connection ------------------------------------------------------------------------------
     async def _connect(self) -> None:
+        # synchronous_commit off: a notification needs no durability (what must survive is in
+        # the tables), so its commit does not wait for a WAL flush, and the queue's lock is held
+        # that much shorter.
         conn = await asyncpg.connect(self.dsn, timeout=10,
-                                     server_settings={"application_name": session_name(self.owner)})
+                                     server_settings={"application_name": session_name(self.owner),
+                                                      "synchronous_commit": "off"})
         for channel in self.channels:
             await conn.add_listener(channel, self._notified)
         conn.add_termination_listener(lambda _c: self._lost.set())
