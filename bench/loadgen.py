@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import resource
 import sys
@@ -113,6 +114,7 @@ async def open_socket(url: str, timeout: float, gate: asyncio.Semaphore, deflate
         frame = await asyncio.wait_for(recv_frame(ws), timeout)
         if frame.get("type") != "ready":
             raise TurnFailed(f"first frame {frame.get('type')!r}, not ready")
+        TOKENS[ws] = frame.get("token")
         return ws
     except BaseException:
         await ws.close()
@@ -133,6 +135,35 @@ async def open_all(url: str, n: int, timeout: float, stats: Stats, failed_weight
         else:
             sockets.append(r)
     return sockets
+
+
+TOKENS: dict[ClientConnection, str | None] = {}  # the token each socket's ready handed out
+
+
+async def follow_all(url: str, sockets: list[ClientConnection], args: argparse.Namespace,
+                     stats: Stats) -> list[asyncio.Task[int]]:
+    """--followers: a second socket of each user, opened with ?sync=1, which follows every reply
+    of the first (another tab); each reader counts the `done` frames it sees."""
+    gate = asyncio.Semaphore(HANDSHAKE_CONCURRENCY)
+
+    async def one(ws: ClientConnection) -> ClientConnection:
+        return await open_socket(f"{url}?sync=1&token={TOKENS.get(ws) or ''}", args.timeout, gate, args.deflate)
+
+    followers = await asyncio.gather(*(one(ws) for ws in sockets))
+
+    async def read(follower: ClientConnection) -> int:
+        dones = 0
+        with contextlib.suppress(Exception):
+            while True:
+                if (await recv_frame(follower)).get("type") == "done":
+                    dones += 1
+        return dones
+
+    FOLLOWERS.extend(followers)
+    return [asyncio.ensure_future(read(f)) for f in followers]
+
+
+FOLLOWERS: list[ClientConnection] = []
 
 
 async def close_all(sockets: list[ClientConnection]) -> None:
@@ -205,6 +236,7 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 async def load_mode(args: argparse.Namespace) -> dict[str, Any]:
     stats = Stats()
     sockets = await open_all(args.url, args.sockets, args.timeout, stats, args.turns, args.deflate)
+    readers = await follow_all(args.url, sockets, args, stats) if args.followers else []
     cpu0 = cpu_seconds(args.pid) if args.pid else None
     rss0 = rss_kib(args.pid) if args.pid else None
     run_id = uuid.uuid4().hex[:8]
@@ -214,6 +246,12 @@ async def load_mode(args: argparse.Namespace) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     cpu_s = cpu_seconds(args.pid) - cpu0 if args.pid else None
     rss1 = rss_kib(args.pid) if args.pid else None
+    if readers:
+        await asyncio.sleep(0.5)  # the followers' last frames
+        await close_all(FOLLOWERS)
+        missed = sum(args.turns - n for n in await asyncio.gather(*readers))
+        if missed:
+            stats.fail("follower missed a done", missed)
     await close_all(sockets)
     done = len(stats.done)
     return {
@@ -276,6 +314,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pid", help="server process id(s), comma-separated, for CPU and RSS (summed)")
     p.add_argument("--deflate", action="store_true",
                    help="offer permessage-deflate, as browsers do (default: off, as the ceiling runs)")
+    p.add_argument("--followers", action="store_true",
+                   help="each socket has a second socket of its user (?sync=1) following every reply")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per turn / connect")
     return p.parse_args(argv)

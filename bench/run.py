@@ -15,6 +15,8 @@ database, the ratios chat-server/ceiling, and PASS/FAIL against the targets:
     .venv/bin/python bench/run.py --idle 2000 --no-load     # idle sockets only
     .venv/bin/python bench/run.py --quick                   # CI smoke: everything runs, exit 0
     .venv/bin/python bench/run.py --db postgres --processes 2   # two chat-server processes, one database
+    .venv/bin/python bench/run.py --db both --baseline /tmp/old/.venv/bin/chat-server   # A/B two builds
+    .venv/bin/python bench/run.py --baseline .venv/bin/chat-server --followers          # a follower's cost
 
 --sweep N,N,... measures turns/s and done p99 per socket count and plots them (matplotlib) to
 --plot (default docs/benchmarks-sweep.png). Exit status 1 when a server did not start, a run
@@ -163,10 +165,11 @@ def fresh_database(kind: str, workdir: Path, admin_url: str) -> Iterator[tuple[s
 def server_command(args: argparse.Namespace, server: str, port: int, db_urls: tuple[str, str],
                    ) -> tuple[list[str], dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}  # no stray settings
-    if server == "chat-server":
+    if server == "chat-server" or args.baseline:
         env.update(CHAT_ENV, CHAT_DATABASE_URL=db_urls[0])
         env.update(kv.split("=", 1) for kv in args.server_env)
-        return [args.chat_server, "--host", "127.0.0.1", "--port", str(port)], env
+        binary = args.chat_server if server == "chat-server" else args.baseline
+        return [binary, "--host", "127.0.0.1", "--port", str(port)], env
     return [sys.executable, str(CEILING), "--db", db_urls[1], "--port", str(port)], env
 
 
@@ -214,7 +217,8 @@ def series(args: argparse.Namespace, workdir: Path, db: str, sockets: int, label
     runs = []
     for rnd in range(1, args.rounds + 1):
         for server in SERVERS:
-            r = measure(args, workdir, server, db, load_mode(sockets, args))
+            extra = ["--followers"] if args.followers and server == "chat-server" else []
+            r = measure(args, workdir, server, db, load_mode(sockets, args) + extra)
             r.update(server=server, db=db, sockets=sockets, round=rnd)
             runs.append(r)
             if "error" not in r:
@@ -475,6 +479,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--processes", type=int, default=1, metavar="N",
                    help="run N chat-server processes on one PostgreSQL database (ports of 127.0.0.1), "
                         "the sockets spread over them; CPU is their sum (docs/multi-process.md)")
+    p.add_argument("--baseline", metavar="CHAT_SERVER",
+                   help="A/B two builds: this chat-server (e.g. an older commit's venv) runs in the ceiling's "
+                        "place, with the same settings; the 'ceiling' column is then that build")
+    p.add_argument("--followers", action="store_true",
+                   help="chat-server's sockets each get a second socket of their user (?sync=1) that "
+                        "follows every reply (with --baseline pointing at the same build: the cost of a follower)")
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.sockets, args.turns, args.db = 1, 5, 3, "sqlite"

@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from server import __version__
 from server.chat.services import Services
 from server.config import Settings
+from server.web.guards import Guards
 from server.web.http_api import router
 from server.web.static import STATIC_DIR
 from server.web.ws_endpoint import handle_socket
@@ -21,9 +22,11 @@ from server.web.ws_endpoint import handle_socket
 class ChatApp:
     """Routes WebSocket scopes without Starlette's per-frame wrapping; HTTP and lifespan to FastAPI."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, bound_to_loopback: bool = False):
         self.settings = settings
         self.services: Services | None = None
+        # Per-address and HTTP limits, allowed hosts (server/web/guards.py).
+        self.guards = Guards(settings, bound_to_loopback)
 
         @asynccontextmanager
         async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -34,7 +37,11 @@ class ChatApp:
             finally:
                 await self.services.close()
 
-        self.http = FastAPI(title="chat-server", version=__version__, lifespan=lifespan)
+        # /docs only on request (CHAT_API_DOCS): it advertises the API, and Swagger UI loads from a CDN.
+        docs = settings.api_docs
+        self.http = FastAPI(title="chat-server", version=__version__, lifespan=lifespan, redoc_url=None,
+                            docs_url="/docs" if docs else None, openapi_url="/openapi.json" if docs else None)
+        self.http.state.guards = self.guards
         self.http.include_router(router)
         self.http.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
         # Pages on the allowed origins (an embedded widget) may call the HTTP API; no one else.
@@ -42,9 +49,12 @@ class ChatApp:
                                  allow_methods=["GET", "DELETE"], allow_headers=["Authorization"], max_age=600)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and not self.guards.host_allowed(scope):
+            await refuse_host(scope, send)
+            return
         if scope["type"] == "websocket":
             if scope["path"] == "/ws" and self.services is not None:
-                await handle_socket(scope, receive, send, self.services)
+                await handle_socket(scope, receive, send, self.services, self.guards)
             else:
                 await send({"type": "websocket.close", "code": 1008})
             return
@@ -53,3 +63,14 @@ class ChatApp:
 
 def create_app(settings: Settings | None = None) -> ChatApp:
     return ChatApp(settings or Settings())
+
+
+async def refuse_host(scope: dict[str, Any], send: Any) -> None:
+    """A Host not in CHAT_ALLOWED_HOSTS: 400 over HTTP, 403 at a WebSocket handshake."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = b"unknown host; see CHAT_ALLOWED_HOSTS"
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 400, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -19,13 +19,14 @@ from server.protocol.frames import storable
 ALGORITHM = "HS256"
 LEEWAY_S = 30
 OPEN_MODE_SECRET_NAME = "open_mode_jwt_secret"
+OPEN_MODE_TOKEN_TTL_S = 30 * 86400  # CHAT_OPEN_MODE_TOKEN_TTL_S's default
 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
     user_id: str
     expires_at: float | None = None  # the token's exp, if it has one
-    minted_token: str | None = None  # set when the server created this user just now
+    minted_token: str | None = None  # open mode: a fresh token for this connection's `ready`
 
     def expired(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
@@ -37,9 +38,12 @@ class AuthError(Exception):
 
 
 class Authenticator:
-    def __init__(self, secret: str, token_mode: bool):
+    def __init__(self, secret: str, token_mode: bool, open_mode_ttl_s: float = OPEN_MODE_TOKEN_TTL_S):
         self._secret = secret
         self.token_mode = token_mode
+        # Open-mode tokens expire (a leaked one is not good forever); each `ready` hands out a
+        # fresh one, so a user who comes back within the TTL never notices.
+        self.open_mode_ttl_s = open_mode_ttl_s
 
     @staticmethod
     def new_secret() -> str:
@@ -50,7 +54,7 @@ class Authenticator:
             claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM], leeway=LEEWAY_S,
                                 options={"require": ["sub"]})
         except jwt.PyJWTError as e:
-            raise AuthError(f"invalid token: {e}") from None
+            raise AuthError(refusal_reason(e)) from None
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > 255:
             raise AuthError("invalid token: sub must be a non-empty string")
@@ -68,11 +72,32 @@ class Authenticator:
     def identify(self, token: str | None) -> Identity:
         """The identity for a connection presenting `token` (None: it presented none)."""
         if token:
-            return self.verify(token)
+            identity = self.verify(token)
+            return identity if self.token_mode else self._fresh(identity.user_id)
         if self.token_mode:
             raise AuthError("a token is required")
-        user_id = "u-" + uuid.uuid4().hex
-        return Identity(user_id, minted_token=self.mint(user_id))
+        return self._fresh("u-" + uuid.uuid4().hex)
+
+    def _fresh(self, user_id: str) -> Identity:
+        """Open mode: the identity with a newly minted token, whose expiry is the connection's."""
+        return Identity(user_id, time.time() + self.open_mode_ttl_s, self.mint(user_id, self.open_mode_ttl_s))
+
+
+def refusal_reason(e: jwt.PyJWTError) -> str:
+    """Short, and safe to send back and to log: it names what is wrong, never the token."""
+    if isinstance(e, jwt.ExpiredSignatureError):
+        return "token expired"
+    if isinstance(e, jwt.InvalidSignatureError):
+        return "invalid token: signature"
+    if isinstance(e, jwt.InvalidAlgorithmError):
+        return "invalid token: algorithm (HS256 only)"
+    if isinstance(e, jwt.MissingRequiredClaimError):
+        return f"invalid token: no {e.claim} claim"
+    if isinstance(e, jwt.ImmatureSignatureError):
+        return "invalid token: not valid yet (iat or nbf in the future)"
+    if isinstance(e, jwt.DecodeError):
+        return "invalid token: not a JWT"
+    return "invalid token: " + type(e).__name__.removesuffix("Error").lower()
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -21,11 +21,16 @@ class Settings(BaseSettings):
     # waits db_pool_timeout_s for a connection rather than opening new ones.
     db_pool_size: int | None = Field(default=None, ge=1)
     db_pool_timeout_s: float = Field(default=10.0, gt=0)
+    db_connect_timeout_s: float = Field(default=10.0, gt=0)  # PostgreSQL: a host that never answers
     sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
     sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0)
 
     auth_secret: SecretStr | None = None
     allowed_origins: Annotated[list[str], NoDecode] = []
+    # Host header values served (names, without port; "*.example.com" for subdomains). A page on
+    # a DNS-rebinding name passes the Origin check, because its Origin and Host agree; only the
+    # Host tells it apart. Empty: local names when bound to loopback, else any (set it in production).
+    allowed_hosts: Annotated[list[str], NoDecode] = []
 
     max_message_chars: int = Field(default=32_000, ge=1)
     # Abuse limits (per user unless said otherwise).
@@ -33,12 +38,28 @@ class Settings(BaseSettings):
     flood_close_after: int = Field(default=20, ge=1)  # rate-limited messages on one socket, then close 1008
     max_sockets_per_user: int = Field(default=10, ge=1)  # past it: close 1013
     max_frames_per_second: float = Field(default=50.0, gt=0)  # per socket, any frame; sustained excess: 1008
+    # Open mode: new users (token-less handshakes) per client address per minute, so that
+    # reconnecting without a token does not escape every per-user limit; past it: HTTP 429. 0: none.
+    open_mode_users_per_minute: int = Field(default=60, ge=0)
+    # Open mode: the life of a minted token; every `ready` hands out a fresh one, so only a user
+    # away for longer than this becomes a new user.
+    open_mode_token_ttl_s: float = Field(default=30 * 86400, gt=0)
+    # HTTP API requests per minute (bursts of that many), per user and per client address;
+    # past it: 429 with Retry-After. 0: no limit.
+    http_requests_per_minute: int = Field(default=300, ge=0)
+    http_requests_per_minute_per_address: int = Field(default=600, ge=0)
+    # Peers trusted to name the client in X-Forwarded-For (uvicorn's forwarded_allow_ips): the
+    # address the per-address limits count. Comma-separated IPs or networks; "*" trusts everyone.
+    trusted_proxies: str = "127.0.0.1"
     # Off by default: chat frames are small (a delta is ~100 bytes), so compression saves little,
     # and a socket that negotiates it (browsers do) costs ~37 KiB more of zlib state and ~40% more
     # server CPU per turn (docs/benchmarks.md).
     ws_per_message_deflate: bool = False
     max_waiting: int = Field(default=8, ge=0)
     send_timeout_s: float = Field(default=10.0, gt=0)
+    # A connection that has not sent a whole request (headers and body) this long after opening,
+    # or after its previous response, is closed: uvicorn alone waits forever (slowloris).
+    request_timeout_s: float = Field(default=10.0, gt=0)
     ws_ping_interval_s: float = Field(default=20.0, ge=0)
     shutdown_grace_s: float = Field(default=6.0, gt=0)
 
@@ -77,7 +98,24 @@ class Settings(BaseSettings):
     llm_idle_timeout_s: float = Field(default=30.0, gt=0)  # silence between chunks
     llm_retries: int = Field(default=2, ge=0)  # only before the first token
 
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+    # /metrics: open by default so that a scraper needs no setup; set, it asks for
+    # `Authorization: Bearer <this>` (Prometheus: `authorization: {credentials: …}`).
+    metrics_token: SecretStr | None = None
+    # /docs and /openapi.json: off, so the API surface is not advertised; Swagger UI loads its
+    # assets from a CDN, so it is blank offline anyway.
+    api_docs: bool = False
+
+    @field_validator("log_level", "llm", mode="before")
+    @classmethod
+    def _lower(cls, v: object) -> object:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("sqlite_synchronous", mode="before")
+    @classmethod
+    def _upper(cls, v: object) -> object:
+        return v.strip().upper() if isinstance(v, str) else v
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
@@ -86,13 +124,20 @@ class Settings(BaseSettings):
             return [o.strip().rstrip("/") for o in v.split(",") if o.strip()]
         return v
 
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [h.strip().lower() for h in v.split(",") if h.strip()]
+        return v
+
     @field_validator("auth_secret")
     @classmethod
     def _strong_secret(cls, v: SecretStr | None) -> SecretStr | None:
         # HS256 with a short or placeholder key can be brute-forced offline from one token.
         if v is not None and v.get_secret_value() and len(v.get_secret_value()) < MIN_SECRET_CHARS:
-            raise ValueError(f"CHAT_AUTH_SECRET must be at least {MIN_SECRET_CHARS} characters "
-                             "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))')")
+            raise ValueError(f"too short: it must be at least {MIN_SECRET_CHARS} characters (make one with: "
+                             "python -c 'import secrets; print(secrets.token_urlsafe(48))')")
         return v
 
     @field_validator("database_url")
@@ -103,6 +148,12 @@ class Settings(BaseSettings):
                               ("sqlite://", "sqlite+aiosqlite://")):
             if v.startswith(plain):
                 return async_ + v[len(plain):]
+        if "://" not in v:
+            raise ValueError("is not a URL; for a SQLite file write sqlite+aiosqlite:///" + (v or "./data/chat.db")
+                             + ", for PostgreSQL postgresql+asyncpg://user@host/dbname")
+        if not v.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(f"uses an unsupported database ({v.split('://', 1)[0]}); use "
+                             "sqlite+aiosqlite:///path/to/chat.db or postgresql+asyncpg://user@host/dbname")
         return v
 
     @property

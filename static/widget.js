@@ -1,7 +1,6 @@
 /*
- * chat-widget: a dependency-free browser client for the chat.v1 protocol (docs/protocol.md).
- *
- * Embed it with one tag; the server defaults to the one the script comes from:
+ * chat-widget: the chat in a page, for the chat.v1 protocol. One tag embeds it; the server
+ * defaults to the one the script comes from:
  *
  *   <script src="https://chat.example.com/static/widget.js" data-target="#chat"></script>
  *   <script src="https://chat.example.com/static/widget.js" data-server="https://chat.example.com"></script>
@@ -9,47 +8,49 @@
  * With data-target it fills that element; without, it adds a floating "Chat" button. With
  * data-mount="manual" it only defines ChatWidget.mount(element, {server, token}) for the page to
  * call. Other data-* attributes: data-token (a token issued by the host site; otherwise the widget
- * keeps the one the server mints in localStorage), data-title.
+ * keeps the one the server mints in localStorage), data-title. A page opened as
+ * `…#token=<token>` takes that token (and removes it from the address bar).
  *
- * How it keeps its promises:
- * - The socket carries turns (message, cancel and their frames). Reads that are request/response
- *   (the conversation list, history pages, delete) go over the HTTP API with the same token, so
- *   an answer can never be mistaken for a frame of the turn in progress.
- * - Every message gets a client_id when it is typed and goes into an outbox kept in localStorage.
- *   It leaves the outbox only when its turn's `done` arrives, so after a reconnect or a reload it
- *   is sent again with the same client_id: the server stores it once and answers the duplicate.
- * - One message is on the wire at a time; later ones wait in the outbox ("queued"), so the server's
- *   waiting line is never overrun and a dropped socket loses nothing.
- * - Text from messages only ever reaches the page through textContent / text nodes.
+ * Two files, no build step: this one is the view (DOM, Markdown, styles); chat-client.js beside
+ * it is the DOM-free client (socket, reconnects, outbox, resume, other tabs, HTTP API). This file
+ * loads it from the URL of its own <script src> (…/static/chat-client.js) unless the page
+ * already defined window.ChatClient, so the embed stays one tag.
+ *
+ * The view keeps to one rule: text from messages only ever reaches the page through
+ * textContent / text nodes.
  */
 (function () {
   "use strict";
 
   if (window.ChatWidget) return; // the script was included twice: keep the first
 
-  var PROTOCOL = "chat.v1";
   var DEFAULTS = {
     pageSize: 30, // history messages per page
+    convPageSize: 30, // conversations per page of the side list
     maxChars: 32000, // the server's CHAT_MAX_MESSAGE_CHARS, in code points
-    backoffBaseMs: 500,
-    backoffMaxMs: 10000,
-    readyTimeoutMs: 15000,
     confirmDelete: true,
     title: "Chat",
   };
   var instances = 0;
+  var script = document.currentScript;
+  var clientLoaded = loadClient(script);
+
+  /** chat-client.js from beside this script (same query string: a cache-busting ?v= applies to both). */
+  function loadClient(me) {
+    if (window.ChatClient) return Promise.resolve(window.ChatClient);
+    return new Promise(function (resolve, reject) {
+      var src = me && me.src ? new URL("chat-client.js", me.src) : new URL("/static/chat-client.js", location.href);
+      if (me && me.src) src.search = new URL(me.src).search;
+      var tag = document.createElement("script");
+      tag.src = src.href;
+      if (me && me.crossOrigin) tag.crossOrigin = me.crossOrigin;
+      tag.onload = function () { window.ChatClient ? resolve(window.ChatClient) : reject(new Error("no ChatClient")); };
+      tag.onerror = function () { reject(new Error("could not load " + src.href)); };
+      (document.head || document.documentElement).appendChild(tag);
+    });
+  }
 
   // -- small helpers -------------------------------------------------------------------------------
-
-  function uuid() {
-    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
-    var b = new Uint8Array(16);
-    crypto.getRandomValues(b);
-    b[6] = (b[6] & 15) | 64;
-    b[8] = (b[8] & 63) | 128;
-    var h = Array.prototype.map.call(b, function (x) { return (x + 256).toString(16).slice(1); }).join("");
-    return h.slice(0, 8) + "-" + h.slice(8, 12) + "-" + h.slice(12, 16) + "-" + h.slice(16, 20) + "-" + h.slice(20);
-  }
 
   /** h("li", {class: "x", "aria-label": "y"}, child, "text"): attributes only, text as text nodes. */
   function h(tag, attrs) {
@@ -74,40 +75,15 @@
   }
 
   function codePoints(s) { return Array.from(s).length; }
-
-  function isNewKey(key) { return typeof key === "string" && key.indexOf("new:") === 0; }
-
-  /** Exponential backoff with jitter: half fixed, half random, so clients don't retry in step. */
-  function backoff(attempt, base, max) {
-    var cap = Math.min(max, base * Math.pow(2, attempt));
-    return Math.round(cap / 2 + Math.random() * cap / 2);
-  }
-
-  /** localStorage that never throws (private mode, full quota, disabled storage). */
-  function Store(prefix) {
-    this.prefix = prefix;
-  }
-  Store.prototype.get = function (key) {
-    try { return window.localStorage.getItem(this.prefix + key); } catch (e) { return null; }
-  };
-  Store.prototype.set = function (key, value) {
-    try {
-      if (value === null || value === undefined) window.localStorage.removeItem(this.prefix + key);
-      else window.localStorage.setItem(this.prefix + key, value);
-    } catch (e) { /* the session still works, it just won't survive a reload */ }
-  };
-  Store.prototype.getJSON = function (key, fallback) {
-    try { return JSON.parse(this.get(key)) || fallback; } catch (e) { return fallback; }
-  };
-  Store.prototype.setJSON = function (key, value) { this.set(key, JSON.stringify(value)); };
-
   // -- Markdown subset: paragraphs, lists, headings, fenced code, `code`, **bold**, *em* -------------
   // Built from DOM nodes only: whatever a message holds ends up as text, never as markup.
 
   var FENCE = /^ {0,3}(`{3,}|~{3,})\s*([\w.+#-]*)[^`]*$/;
   var LIST_ITEM = /^\s{0,6}([-*+]|\d{1,9}[.)])\s+(.*)$/;
   var HEADING = /^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$/;
-  var INLINE = /`([^`\n]+)`|\*\*(?=\S)([\s\S]*?\S)\*\*|(^|[^\w*])\*(?=[^\s*])([^*\n]*?[^\s*])\*(?![\w*])/g;
+  // **bold** may hold *em* that ends where the bold does (`**so *nice***`): its content is a run of
+  // non-stars and whole *…* spans, so the em's closing star is not left over.
+  var INLINE = /`([^`\n]+)`|\*\*(?=\S)((?:[^*]|\*[^*\s][^*]*\*)+?)\*\*(?!\*)|(^|[^\w*])\*(?=[^\s*])([^*\n]*?[^\s*])\*(?![\w*])/g;
 
   function renderMarkdown(text) {
     var frag = document.createDocumentFragment();
@@ -215,7 +191,8 @@
     return out.filter(function (x) { return x !== ""; });
   }
 
-  // -- the widget -----------------------------------------------------------------------------------
+
+  // -- the view -------------------------------------------------------------------------------------
 
   var STATE_LABELS = {
     connecting: "Connecting…",
@@ -226,52 +203,109 @@
     incompatible: "Incompatible server",
   };
 
+  // Shown under a reply only when it did not simply complete.
   var REPLY_STATUS = {
     streaming: "Replying…",
-    complete: "Complete",
+    paused: "Waiting for the connection…",
     cancelled: "Cancelled",
     error: "Error",
     interrupted: "Interrupted",
   };
 
   function Widget(host, options) {
+    var self = this;
     this.opts = Object.assign({}, DEFAULTS, options || {});
     this.id = "cw" + (++instances);
-    var server = this.opts.server || window.location.origin;
-    this.base = String(server).replace(/\/+$/, "");
-    this.wsUrl = this.base.replace(/^http/i, "ws") + "/ws"; // http→ws, https→wss
-    this.store = new Store("chat-widget:" + this.base + ":");
-
-    // A token from the host page wins and is kept, so the next page load is the same user too.
-    this.tokenFromHost = !!this.opts.token;
-    if (this.opts.token) this.store.set("token", this.opts.token);
-    this.token = this.store.get("token");
-    this.outbox = this.store.getJSON("outbox", []);
-    this.current = this.store.get("conversation") || this.newKey();
-    if (isNewKey(this.current) && !this.outbox.some(this.inConversation(this.current))) this.current = this.newKey();
-
-    this.convs = [];
-    this.view = { key: this.current, messages: [], hasMore: false, loadingOlder: false, gen: 0 };
-    this.turn = null; // the turn in progress on this socket: {clientId, conv, userMessageId, replyId, text}
-    this.inflight = null; // client_id of the message on the wire, until its turn ends
-    this.ws = null;
-    this.ready = false;
-    this.attempt = 0;
     this.state = "connecting";
-
+    this.convs = [];
+    this.convsHasMore = false;
+    this.view = { key: null, messages: [], hasMore: false, loadingOlder: false, gen: 0 };
     this.buildDom(host);
+    this.render();
+    clientLoaded.then(function (ChatClient) { if (!self.destroyed) self.attach(ChatClient); }, function (e) {
+      self.state = "incompatible";
+      self.renderConn();
+      self.showNotice("The chat could not start: " + e.message + ".");
+    });
+  }
+
+  /** The client is loaded: restore what this browser kept, wire its events, connect. */
+  Widget.prototype.attach = function (ChatClient) {
+    var self = this;
+    this.Client = ChatClient;
+    var client = this.client = new ChatClient({ server: this.opts.server, token: this.opts.token });
+    this.store = client.store; // the same keys: chat-widget:<server>:…
+    this.current = this.store.get("conversation") || ChatClient.newKey();
+    if (ChatClient.isNewKey(this.current) && !client.entries().some(this.inConversation(this.current))) {
+      this.current = ChatClient.newKey();
+    }
+    this.view = { key: this.current, messages: [], hasMore: false, loadingOlder: false, gen: 0 };
+
+    client.on("state", function (state) { self.setState(state); });
+    client.on("ready", function () { return Promise.all([self.refreshConversations(), self.reloadView()]); });
+    client.on("identity", function () { self.switchTo(ChatClient.newKey()); }); // not our conversation
+    client.on("outbox", function () { self.renderSoon(); });
+    client.on("retarget", function (key, id) {
+      if (self.current !== key) return;
+      self.current = id;
+      self.view.key = id;
+      self.store.set("conversation", id);
+    });
+    client.on("ack", function (entry, frame) {
+      if (self.view.key === frame.conversation_id && !self.hasMessage(frame.message_id)) {
+        self.view.messages.push({ id: frame.message_id, role: "user", content: entry.content, status: "complete",
+                                  client_id: entry.client_id });
+      }
+      if (!self.convs.some(function (c) { return c.id === frame.conversation_id; })) self.refreshConversationsSoon();
+      self.render();
+    });
+    client.on("reply", function (reply, piece) {
+      if (reply.conversation_id !== self.view.key) return;
+      if (piece === undefined) { // started, or resumed: screen readers hear only what is new
+        self.live.textContent = "";
+        self.renderThread();
+      } else {
+        self.live.appendChild(document.createTextNode(piece));
+        self.scheduleStreamRender();
+      }
+    });
+    client.on("done", function (reply) {
+      if (self.view.key === reply.conversation_id) {
+        self.upsert({ id: reply.id, role: "assistant", content: reply.content, status: reply.status,
+                      error: reply.error, reply_to: reply.reply_to });
+        self.live.textContent = "";
+      }
+      self.refreshConversationsSoon();
+      self.render();
+    });
+    client.on("lost", function (reply) { if (reply.conversation_id === self.view.key) self.reloadSoon(); });
+    client.on("message_added", function (frame) {
+      var m = frame.message;
+      if (m && frame.conversation_id === self.view.key && !self.hasMessage(m.id)) {
+        self.view.messages.push(m);
+        self.render();
+      }
+      self.refreshConversationsSoon();
+    });
+    client.on("conversation_deleted", function (id) { self.forgetConversation(id, false); });
+    client.on("failed", function () { self.render(); });
+    client.on("notice", function (text) { self.showNotice(text); });
+
     this.bindGlobal();
     this.render();
     // Show the saved conversation at once, before the socket is up (it reloads again when it is).
-    if (this.token && !isNewKey(this.current)) this.reloadView().catch(function () {});
-    this.connect();
-  }
+    if (client.token && !ChatClient.isNewKey(this.current)) this.reloadView().catch(function () {});
+    this.refreshConversations();
+    client.connect();
+  };
 
-  Widget.prototype.newKey = function () { return "new:" + uuid(); };
+  Widget.prototype.isNewKey = function (key) { return this.Client.isNewKey(key); };
 
   Widget.prototype.inConversation = function (key) {
     return function (entry) { return entry.conv === key; };
   };
+
+  Widget.prototype.entries = function () { return this.client ? this.client.entries() : []; };
 
   // -- DOM ----------------------------------------------------------------------------------------
 
@@ -292,7 +326,9 @@
         h("button", { type: "button", class: "cw-icon cw-close-side", "aria-label": "Close conversations",
                       on: { click: function () { self.toggleDrawer(false); } } }, "×")),
       this.newBtn,
-      h("nav", { "aria-label": "Your conversations" }, this.convList, this.emptyList));
+      this.convNav = h("nav", { "aria-label": "Your conversations",
+                                on: { scroll: function () { self.onListScroll(); } } },
+                       this.convList, this.emptyList));
 
     this.menuBtn = h("button", { type: "button", class: "cw-icon cw-menu", "aria-label": "Conversations",
                                  "aria-expanded": "false", "aria-controls": id + "-side",
@@ -314,9 +350,16 @@
                       "Load earlier messages");
     this.msgList = h("ol", { class: "cw-msgs", "aria-labelledby": id + "-title" });
     this.placeholder = h("p", { class: "cw-hello" }, "Send a message to start the conversation.");
+    // Token mode without a token: say so and what to do, instead of retrying for ever.
+    this.signin = h("div", { class: "cw-signin", hidden: true },
+      h("p", null, h("strong", null, "Not signed in.")),
+      h("p", null, "This chat is for signed-in users. Sign in on the site that sent you here, then open the " +
+                   "chat again from there."),
+      h("p", { class: "cw-signin-how" }, "Site owners: hand the page a token, as /#token=… in its address or " +
+                                          "as data-token on the widget's script tag."));
     this.thread = h("div", { class: "cw-thread", tabindex: "0", role: "region", "aria-label": "Messages",
                              on: { scroll: function () { self.onScroll(); } } },
-                    this.olderBtn, this.placeholder, this.msgList);
+                    this.olderBtn, this.signin, this.placeholder, this.msgList);
     // Screen readers hear the reply as it streams; the visible bubble is re-rendered as Markdown.
     this.live = h("div", { class: "cw-sr cw-live", "aria-live": "polite", "aria-atomic": "false" });
 
@@ -344,16 +387,18 @@
   };
 
   Widget.prototype.bindGlobal = function () {
-    var self = this;
-    this.onOnline = function () { self.retryNow(); };
-    // The browser lost the network: the socket is dead even if it has not noticed yet. Close it
-    // now and show "offline"; the "online" event reconnects at once instead of after a backoff.
-    this.onOffline = function () {
-      if (self.ws) self.ws.close();
-      else self.setState("offline");
-    };
+    var client = this.client;
+    // The client has no DOM: the page's events reach it from here.
+    this.onOnline = function () { client.reconnectNow(); };
+    this.onOffline = function () { client.offline(); };
+    // Leaving the page gives up this tab's claim on its outbox: the next tab to start adopts what
+    // is still unsent (a reload of this tab keeps its id and takes it back).
+    this.onPageHide = function () { client.leaveTab(); };
+    this.onPageShow = function (e) { if (e.persisted) client.returnToTab(); };
     window.addEventListener("online", this.onOnline);
     window.addEventListener("offline", this.onOffline);
+    window.addEventListener("pagehide", this.onPageHide);
+    window.addEventListener("pageshow", this.onPageShow);
   };
 
   Widget.prototype.toggleDrawer = function (open) {
@@ -371,367 +416,85 @@
     return window.getComputedStyle(this.menuBtn).display !== "none";
   };
 
-  // -- connection -----------------------------------------------------------------------------------
-
-  Widget.prototype.connect = function () {
-    if (this.destroyed || this.ws) return;
-    clearTimeout(this.retryTimer);
-    clearInterval(this.countdown);
-    var url = this.wsUrl + (this.token ? "?token=" + encodeURIComponent(this.token) : "");
-    var ws;
-    try {
-      ws = new WebSocket(url);
-    } catch (e) {
-      this.scheduleReconnect();
-      return;
-    }
-    var self = this;
-    this.ws = ws;
-    this.ready = false;
-    this.setState(this.attempt ? "reconnecting" : "connecting");
-    ws.onmessage = function (ev) { if (self.ws === ws) self.onFrame(ev.data); };
-    ws.onclose = function (ev) { self.onClose(ws, ev); };
-    // A handshake that hangs (a proxy, a half-open network) must not stall us forever.
-    this.readyTimer = setTimeout(function () { if (self.ws === ws && !self.ready) ws.close(); },
-                                 this.opts.readyTimeoutMs);
-  };
-
-  Widget.prototype.onClose = function (ws, ev) {
-    if (this.ws !== ws) return;
-    clearTimeout(this.readyTimer);
-    var wasReady = this.ready;
-    this.ws = null;
-    this.ready = false;
-    this.dropTurn();
-    if (this.destroyed) return;
-    if (ev.code === 1008 && !wasReady) {
-      this.refused();
-    } else if (!wasReady && this.token) {
-      // A refused handshake (HTTP 403) looks like any failure to a browser: ask the HTTP API
-      // whether the token is still good before deciding it was the network.
-      var self = this;
-      this.api("GET", "/api/conversations").then(function (r) {
-        if (r.status === 401) self.refused();
-        else self.scheduleReconnect();
-      }, function () { self.scheduleReconnect(); });
-    } else {
-      if (ev.code === 1013) this.attempt = Math.max(this.attempt, 4); // too many sockets: wait longer
-      this.scheduleReconnect();
-    }
-  };
-
-  /** The socket's turn is gone with it: the server keeps what was committed, the outbox the rest. */
-  Widget.prototype.dropTurn = function () {
-    var turn = this.turn;
-    if (turn && turn.replyId && turn.conv === this.view.key) {
-      // Shown as it stopped until the history reload brings what the server stored.
-      this.upsert({ id: turn.replyId, role: "assistant", content: turn.text, status: "interrupted",
-                    reply_to: turn.userMessageId });
-    }
-    this.live.textContent = "";
-    this.turn = null;
-    this.inflight = null;
-    this.render();
-  };
-
-  Widget.prototype.refused = function () {
-    if (!this.tokenFromHost && this.token) {
-      // The saved identity is no longer accepted (the server's data was reset): start afresh.
-      this.token = null;
-      this.store.set("token", null);
-      this.showNotice("Your saved session was not accepted by the server; a new one was started.");
-      this.connect();
-    } else {
-      this.setState("unauthorized");
-      this.attempt = Math.max(this.attempt, 5);
-      this.scheduleReconnect("unauthorized");
-    }
-  };
-
-  Widget.prototype.scheduleReconnect = function (state) {
-    if (this.destroyed) return;
-    var self = this;
-    clearTimeout(this.retryTimer);
-    clearInterval(this.countdown);
-    if (navigator.onLine === false) {
-      this.setState("offline"); // the "online" event brings us back
-      return;
-    }
-    var delay = backoff(this.attempt++, this.opts.backoffBaseMs, this.opts.backoffMaxMs);
-    this.retryAt = Date.now() + delay;
-    this.setState(state || "reconnecting");
-    this.retryTimer = setTimeout(function () { self.connect(); }, delay);
-    this.countdown = setInterval(function () { self.renderConn(); }, 1000);
-  };
-
-  Widget.prototype.retryNow = function () {
-    if (this.ws || this.destroyed) return;
-    this.connect();
-  };
+  // -- connection state -----------------------------------------------------------------------------
 
   Widget.prototype.setState = function (state) {
     this.state = state;
-    this.renderConn();
-  };
-
-  Widget.prototype.send = function (frame) {
-    if (!this.ws || !this.ready) return false;
-    this.ws.send(JSON.stringify(frame));
-    return true;
-  };
-
-  /** The HTTP API beside the socket, with the same token. */
-  Widget.prototype.api = function (method, path) {
-    var headers = this.token ? { Authorization: "Bearer " + this.token } : {};
-    // A request that never answers must not hold up the resend of the outbox behind it.
-    var abort = new AbortController();
-    var timer = setTimeout(function () { abort.abort(); }, 15000);
-    return fetch(this.base + path, { method: method, headers: headers, mode: "cors", cache: "no-store",
-                                     signal: abort.signal })
-      .finally(function () { clearTimeout(timer); });
-  };
-
-  // -- frames from the server ---------------------------------------------------------------------
-
-  Widget.prototype.onFrame = function (data) {
-    var frame;
-    try { frame = JSON.parse(data); } catch (e) { return; }
-    if (!frame || typeof frame.type !== "string") return;
-    switch (frame.type) {
-      case "ready": this.onReady(frame); break;
-      case "ack": this.onAck(frame); break;
-      case "start": this.onStart(frame); break;
-      case "delta": this.onDelta(frame); break;
-      case "done": this.onDone(frame); break;
-      case "error": this.onError(frame); break;
-      default: break; // frames added to the protocol later are ignored, as the contract asks
-    }
-  };
-
-  Widget.prototype.onReady = function (frame) {
-    clearTimeout(this.readyTimer);
-    if (frame.protocol !== PROTOCOL) {
-      this.setState("incompatible");
-      this.destroyed = true; // retrying cannot help
-      this.ws.close(1000);
-      return;
-    }
-    this.ready = true;
-    this.attempt = 0;
-    if (frame.token && !this.tokenFromHost) {
-      this.token = frame.token;
-      this.store.set("token", frame.token);
-    }
-    if (this.store.get("user") && this.store.get("user") !== frame.user_id) {
-      this.switchTo(this.newKey()); // another identity: the saved conversation is not ours
-    }
-    // Messages typed as someone else (the host page signed another user in) are not sent as this one.
-    this.outbox = this.outbox.filter(function (e) { return !e.user || e.user === frame.user_id; });
-    this.saveOutbox();
-    this.store.set("user", frame.user_id);
-    this.setState("connected");
-    this.sync();
-  };
-
-  /** After (re)connecting: refresh the list and the history, then send what is still unconfirmed. */
-  Widget.prototype.sync = function () {
+    clearInterval(this.countdown);
     var self = this;
-    var ws = this.ws;
-    this.syncing = true;
-    var done = function () {
-      if (self.ws !== ws) return;
-      self.syncing = false;
-      self.pump();
-    };
-    Promise.all([this.refreshConversations(), this.reloadView()]).then(done, done);
-  };
-
-  Widget.prototype.onAck = function (frame) {
-    var entry = this.findEntry(frame.client_id);
-    if (entry) {
-      if (isNewKey(entry.conv)) this.retarget(entry.conv, frame.conversation_id);
-      entry.acked = true;
-      this.saveOutbox();
-    }
-    this.turn = { clientId: frame.client_id, conv: frame.conversation_id, userMessageId: frame.message_id,
-                  replyId: null, text: "" };
-    if (entry && this.view.key === frame.conversation_id && !this.hasMessage(frame.message_id)) {
-      this.view.messages.push({ id: frame.message_id, role: "user", content: entry.content, status: "complete",
-                                client_id: entry.client_id });
-    }
-    if (entry && entry.stopRequested) {
-      entry.stopRequested = false;
-      this.send({ type: "cancel" });
-    }
-    if (!this.convs.some(function (c) { return c.id === frame.conversation_id; })) this.refreshConversationsSoon();
+    if (state === "reconnecting") this.countdown = setInterval(function () { self.renderConn(); }, 1000);
     this.render();
   };
 
-  Widget.prototype.onStart = function (frame) {
-    if (!this.turn) return;
-    this.turn.replyId = frame.message_id;
-    this.turn.text = "";
-    this.live.textContent = "";
-    this.renderThread();
+  Widget.prototype.retryNow = function () {
+    if (!this.client) return;
+    if (this.state === "unauthorized") this.client.refusals = 0;
+    this.client.reconnectNow();
   };
 
-  Widget.prototype.onDelta = function (frame) {
-    var turn = this.turn;
-    if (!turn || frame.message_id !== turn.replyId || typeof frame.content !== "string") return;
-    turn.text += frame.content;
-    if (turn.conv === this.view.key) {
-      this.live.appendChild(document.createTextNode(frame.content));
-      this.scheduleStreamRender();
-    }
-  };
-
-  Widget.prototype.onDone = function (frame) {
-    var turn = this.turn;
-    var reply = { id: frame.message_id, role: "assistant", content: String(frame.content || ""),
-                  status: frame.status, error: frame.error, reply_to: turn ? turn.userMessageId : undefined };
-    if (this.view.key === frame.conversation_id) this.upsert(reply);
-    if (turn) this.removeEntry(turn.clientId);
-    this.turn = null;
-    this.inflight = null;
-    this.live.textContent = "";
-    this.refreshConversationsSoon();
-    this.render();
-    this.pump();
-  };
-
-  Widget.prototype.onError = function (frame) {
-    var detail = String(frame.detail || frame.code || "error");
-    if (frame.client_id !== undefined && frame.client_id !== null) {
-      this.messageFailed(frame.client_id, frame.code, detail);
-    } else if (this.turn && frame.code === "not_found") {
-      // The conversation of the turn in progress was deleted (here or elsewhere): the turn is over.
-      var conv = this.turn.conv;
-      this.removeEntry(this.turn.clientId);
-      this.turn = null;
-      this.inflight = null;
-      this.forgetConversation(conv);
-      this.pump();
-    } else {
-      this.showNotice(detail);
-    }
-  };
-
-  Widget.prototype.messageFailed = function (clientId, code, detail) {
-    var entry = this.findEntry(clientId);
-    var wasTurn = this.turn && this.turn.clientId === clientId;
-    if (clientId === this.inflight || wasTurn) {
-      this.inflight = null;
-      this.turn = null;
-    }
-    if (entry) {
-      if (!wasTurn && (code === "invalid" || code === "too_large" || code === "not_found")) {
-        // Nothing was stored and sending it unchanged cannot work: show it with Retry / Discard.
-        entry.failed = { code: code, detail: detail };
-      } else {
-        // busy, rate_limited, unavailable, internal: not stored (or not answered); the same
-        // client_id is safe to send again after a pause.
-        entry.tries = (entry.tries || 0) + 1;
-        entry.retryAt = Date.now() + backoff(entry.tries, 1000, 30000);
-        entry.note = detail;
-      }
-      this.saveOutbox();
-    }
-    this.render();
-    this.pump();
-  };
-
-  // -- outbox -----------------------------------------------------------------------------------------
-
-  Widget.prototype.findEntry = function (clientId) {
-    for (var i = 0; i < this.outbox.length; i++) if (this.outbox[i].client_id === clientId) return this.outbox[i];
-    return null;
-  };
-
-  Widget.prototype.removeEntry = function (clientId) {
-    this.outbox = this.outbox.filter(function (e) { return e.client_id !== clientId; });
-    this.saveOutbox();
-  };
-
-  Widget.prototype.saveOutbox = function () { this.store.setJSON("outbox", this.outbox); };
-
-  /** A new conversation got its id: every message typed into it follows, and so does the view. */
-  Widget.prototype.retarget = function (key, conversationId) {
-    this.outbox.forEach(function (e) { if (e.conv === key) e.conv = conversationId; });
-    this.saveOutbox();
-    if (this.current === key) {
-      this.current = conversationId;
-      this.view.key = conversationId;
-      this.store.set("conversation", conversationId);
-    }
-  };
-
-  /** Send the oldest unconfirmed message, if the socket is free. Strict order: none overtakes. */
-  Widget.prototype.pump = function () {
-    clearTimeout(this.pumpTimer);
-    if (!this.ready || this.syncing || this.inflight || this.turn) return;
-    var entry = this.outbox.find(function (e) { return !e.failed; });
-    if (!entry) return;
-    var wait = (entry.retryAt || 0) - Date.now();
-    if (wait > 0) {
-      var self = this;
-      this.pumpTimer = setTimeout(function () { self.pump(); }, wait);
-      return;
-    }
-    this.inflight = entry.client_id;
-    this.send({ type: "message", content: entry.content, client_id: entry.client_id,
-                conversation_id: isNewKey(entry.conv) ? null : entry.conv });
-    this.render();
-  };
+  // -- what the person does ---------------------------------------------------------------------------
 
   Widget.prototype.submit = function () {
     var content = this.input.value;
-    if (!content.trim()) return;
+    if (!content.trim() || !this.client) return;
     if (codePoints(content) > this.opts.maxChars) {
       this.showNotice("This message is too long (" + codePoints(content) + " characters; the limit is " +
                       this.opts.maxChars + ").");
       return;
     }
-    this.outbox.push({ client_id: uuid(), content: content, conv: this.current, user: this.store.get("user"),
-                       at: Date.now() });
-    this.saveOutbox();
     this.store.set("conversation", this.current);
     this.input.value = "";
     this.autosize();
     this.input.focus(); // after a click on Send too: the next message is typed right away
     this.showNotice("");
+    this.client.send(content, this.current);
     this.render();
     this.scrollToBottom();
-    this.pump();
   };
 
+  /** Stop: our reply in progress, else a reply streaming here from another tab (by its id). */
   Widget.prototype.stop = function () {
-    if (this.turn) {
-      this.send({ type: "cancel" });
-    } else if (this.inflight) {
-      // Sent but not acknowledged yet: cancel as soon as its turn begins.
-      var entry = this.findEntry(this.inflight);
-      if (entry) entry.stopRequested = true;
+    var client = this.client;
+    if (client.busy()) {
+      client.cancel();
+    } else {
+      var streaming = client.streaming(this.view.key)[0];
+      if (streaming) client.cancel(streaming.id);
     }
     this.input.focus();
   };
 
+  Widget.prototype.busyHere = function () {
+    var client = this.client;
+    return !!client && (client.busy() || (client.ready && client.streaming(this.view.key).length > 0));
+  };
+
   Widget.prototype.retry = function (clientId) {
-    var entry = this.findEntry(clientId);
+    var entry = this.client.findEntry(clientId);
     if (!entry) return;
+    var conv = null;
     if (entry.failed && entry.failed.code === "not_found") {
       // Its conversation is gone: send it as the start of a new one, and go there.
-      entry.conv = this.newKey();
-      this.switchTo(entry.conv);
+      conv = this.Client.newKey();
+      this.switchTo(conv);
     }
-    entry.failed = null;
-    entry.retryAt = 0;
-    this.saveOutbox();
+    this.client.retry(clientId, conv);
     this.render();
-    this.pump();
+  };
+
+  /** A message the server refused as too large can only fail again: back into the box to shorten. */
+  Widget.prototype.edit = function (clientId) {
+    var entry = this.client.findEntry(clientId);
+    if (!entry) return;
+    this.client.discard(clientId);
+    this.input.value = entry.content + (this.input.value ? "\n" + this.input.value : "");
+    this.autosize();
+    this.input.focus();
+    this.render();
   };
 
   Widget.prototype.discard = function (clientId) {
-    this.removeEntry(clientId);
+    this.client.discard(clientId);
     this.render();
     this.input.focus();
   };
@@ -740,7 +503,7 @@
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
       e.preventDefault();
       this.submit();
-    } else if (e.key === "Escape" && (this.turn || this.inflight)) {
+    } else if (e.key === "Escape" && this.busyHere()) {
       this.stop();
     }
   };
@@ -752,17 +515,58 @@
 
   // -- conversations and history ------------------------------------------------------------------
 
+  /**
+   * The first page of the side list. Pages loaded further down stay, minus what moved up (a
+   * conversation with a new message comes first).
+   */
   Widget.prototype.refreshConversations = function () {
     var self = this;
-    if (!this.token) return Promise.resolve();
-    return this.api("GET", "/api/conversations").then(function (r) {
-      if (!r.ok) return;
-      return r.json().then(function (body) {
-        self.convs = Array.isArray(body.items) ? body.items : [];
-        self.renderList();
-        self.renderTitle();
-      });
+    if (!this.client || !this.client.token) return Promise.resolve();
+    return this.client.conversations(null, this.opts.convPageSize).then(function (page) {
+      var first = {};
+      page.items.forEach(function (c) { first[c.id] = true; });
+      // Everything loaded before and not on the new first page is older than all of it.
+      var older = self.convsLoadedMore ? self.convs.filter(function (c) { return !first[c.id]; }) : [];
+      self.convs = page.items.concat(older);
+      if (!self.convsLoadedMore) self.convsHasMore = page.has_more;
+      self.renderList();
+      self.renderTitle();
+      self.fillList();
     }).catch(function () { /* offline: the list stays as it was */ });
+  };
+
+  /** The next page of the side list (?before=<the last one>). */
+  Widget.prototype.loadMoreConversations = function () {
+    var self = this;
+    if (!this.convsHasMore || this.convsLoading || !this.convs.length) return;
+    this.convsLoading = true;
+    var last = this.convs[this.convs.length - 1].id;
+    this.client.conversations(last, this.opts.convPageSize).then(function (page) {
+      var known = {};
+      self.convs.forEach(function (c) { known[c.id] = true; });
+      self.convs = self.convs.concat(page.items.filter(function (c) { return !known[c.id]; }));
+      self.convsHasMore = page.has_more;
+      self.convsLoadedMore = true;
+      self.renderList();
+    }).catch(function () {
+      self.showNotice("Could not load more conversations.");
+    }).finally(function () {
+      self.convsLoading = false;
+      self.fillList();
+    });
+  };
+
+  Widget.prototype.onListScroll = function () {
+    var nav = this.convNav;
+    if (nav.scrollHeight - nav.scrollTop - nav.clientHeight < 120) this.loadMoreConversations();
+  };
+
+  /** Until the list can scroll, scrolling cannot ask for more: keep loading. */
+  Widget.prototype.fillList = function () {
+    var nav = this.convNav;
+    if (this.convsHasMore && nav.clientHeight > 0 && nav.scrollHeight <= nav.clientHeight + 10) {
+      this.loadMoreConversations();
+    }
   };
 
   /** Throttled, not debounced: a quick run of turns must not keep postponing the refresh. */
@@ -775,19 +579,25 @@
     }, 200);
   };
 
+  Widget.prototype.reloadSoon = function () {
+    var self = this;
+    clearTimeout(this.reloadTimer);
+    this.reloadTimer = setTimeout(function () { self.reloadView().catch(function () {}); }, 100);
+  };
+
   /** The newest page of the current conversation, replacing the view (after a reconnect too). */
   Widget.prototype.reloadView = function () {
     var self = this;
     var view = this.view;
     var gen = ++view.gen;
-    if (isNewKey(view.key)) {
+    if (this.isNewKey(view.key)) {
       view.messages = [];
       view.hasMore = false;
       this.render();
       return Promise.resolve();
     }
     this.thread.setAttribute("aria-busy", "true");
-    return this.fetchPage(view.key, null).then(function (page) {
+    return this.client.history(view.key, null, this.opts.pageSize).then(function (page) {
       if (self.view !== view || view.gen !== gen) return;
       if (page === null) {
         self.forgetConversation(view.key);
@@ -801,17 +611,6 @@
     }).finally(function () { self.thread.removeAttribute("aria-busy"); });
   };
 
-  /** One page of history over HTTP; null when the conversation does not exist (any more). */
-  Widget.prototype.fetchPage = function (conversationId, before) {
-    var q = "?limit=" + this.opts.pageSize + (before ? "&before=" + encodeURIComponent(before) : "");
-    return this.api("GET", "/api/conversations/" + encodeURIComponent(conversationId) + "/messages" + q)
-      .then(function (r) {
-        if (r.status === 404) return null;
-        if (!r.ok) throw new Error("history: HTTP " + r.status);
-        return r.json();
-      });
-  };
-
   Widget.prototype.loadOlder = function () {
     var self = this;
     var view = this.view;
@@ -819,7 +618,7 @@
     view.loadingOlder = true;
     this.olderBtn.textContent = "Loading…";
     var gen = view.gen;
-    this.fetchPage(view.key, view.messages[0].id).then(function (page) {
+    this.client.history(view.key, view.messages[0].id, this.opts.pageSize).then(function (page) {
       if (self.view !== view || view.gen !== gen || !page) return;
       var known = {};
       view.messages.forEach(function (m) { known[m.id] = true; });
@@ -847,14 +646,16 @@
 
   Widget.prototype.switchTo = function (key) {
     this.current = key;
-    this.store.set("conversation", isNewKey(key) && !this.outbox.some(this.inConversation(key)) ? null : key);
+    this.store.set("conversation", this.isNewKey(key) && !this.entries().some(this.inConversation(key)) ? null : key);
     this.view = { key: key, messages: [], hasMore: false, loadingOlder: false, gen: 0 };
+    this.live.textContent = "";
     this.render();
-    if (this.ready || !isNewKey(key)) this.reloadView();
+    if (this.client.ready || !this.isNewKey(key)) this.reloadView().catch(function () {});
   };
 
   Widget.prototype.newChat = function () {
-    this.switchTo(this.newKey());
+    if (!this.client) return;
+    this.switchTo(this.Client.newKey());
     this.toggleDrawer(false);
     this.input.focus();
   };
@@ -869,18 +670,17 @@
     var self = this;
     var title = conv.title || "this conversation";
     if (this.opts.confirmDelete && !window.confirm("Delete “" + title + "”? This cannot be undone.")) return;
-    if (isNewKey(conv.id)) { // typed but never sent: nothing on the server yet
+    if (this.isNewKey(conv.id)) { // typed but never sent: nothing on the server yet
       this.forgetConversation(conv.id, true);
       this.newBtn.focus();
       return;
     }
-    this.api("DELETE", "/api/conversations/" + encodeURIComponent(conv.id)).then(function (r) {
-      if (r.status === 204 || r.status === 404) {
-        self.forgetConversation(conv.id, true);
-        self.newBtn.focus(); // its button is gone; keep the keyboard user in the list
-      } else self.showNotice("Could not delete the conversation (HTTP " + r.status + ").");
-    }, function () {
-      self.showNotice("Could not delete the conversation: the server cannot be reached.");
+    this.client.deleteConversation(conv.id).then(function () {
+      self.forgetConversation(conv.id, true);
+      self.newBtn.focus(); // its button is gone; keep the keyboard user in the list
+    }, function (e) {
+      self.showNotice(/HTTP/.test(e.message) ? "Could not delete the conversation (" + e.message + ")."
+                                             : "Could not delete the conversation: the server cannot be reached.");
     });
   };
 
@@ -890,19 +690,9 @@
    */
   Widget.prototype.forgetConversation = function (id, deletedHere) {
     this.convs = this.convs.filter(function (c) { return c.id !== id; });
-    var orphans = this.outbox.filter(function (e) { return e.conv === id && !e.acked; });
-    this.outbox = this.outbox.filter(function (e) { return e.conv !== id; });
-    if (!deletedHere && orphans.length) {
-      var key = this.newKey();
-      orphans.forEach(function (e) {
-        e.conv = key;
-        e.failed = { code: "not_found", detail: "its conversation was deleted" };
-      });
-      this.outbox = this.outbox.concat(orphans);
-      if (this.current === id) this.current = key;
-    }
-    this.saveOutbox();
-    if (this.current === id) this.switchTo(this.newKey());
+    var moved = this.client.forgetConversation(id, deletedHere);
+    if (moved && this.current === id) this.current = moved;
+    if (this.current === id) this.switchTo(this.Client.newKey());
     else if (this.view.key !== this.current) this.switchTo(this.current);
     this.render();
   };
@@ -924,25 +714,39 @@
 
   // -- rendering ------------------------------------------------------------------------------------
 
+  Widget.prototype.renderSoon = function () {
+    var self = this;
+    if (this.renderQueued) return;
+    this.renderQueued = true;
+    Promise.resolve().then(function () {
+      self.renderQueued = false;
+      self.render();
+    });
+  };
+
   Widget.prototype.render = function () {
     this.renderConn();
+    if (!this.client) return;
     this.renderList();
     this.renderTitle();
     this.renderThread();
-    var busy = !!(this.turn || this.inflight);
+    var busy = this.busyHere();
     if (!busy && this.root.activeElement === this.stopBtn) this.input.focus(); // don't drop focus to <body>
     this.stopBtn.hidden = !busy;
   };
 
   Widget.prototype.renderConn = function () {
     var state = this.state;
+    var client = this.client;
     this.conn.setAttribute("data-state", state);
     this.app.setAttribute("data-state", state);
     if (this.connLabel.textContent !== STATE_LABELS[state]) this.connLabel.textContent = STATE_LABELS[state];
-    var waiting = (state === "reconnecting" || state === "unauthorized") && !this.ws;
-    var secs = waiting ? Math.max(0, Math.ceil((this.retryAt - Date.now()) / 1000)) : 0;
+    var waiting = state === "reconnecting" && client && !client.ws;
+    var secs = waiting ? Math.max(0, Math.ceil((client.retryAt - Date.now()) / 1000)) : 0;
     this.connRetry.textContent = waiting && secs > 0 ? "retry in " + secs + " s" : "";
-    this.retryBtn.hidden = !(waiting || state === "offline");
+    this.retryBtn.hidden = !(waiting || state === "offline" || state === "unauthorized");
+    this.retryBtn.textContent = state === "unauthorized" ? "Try again" : "Retry now";
+    this.signin.hidden = state !== "unauthorized";
   };
 
   Widget.prototype.renderTitle = function () {
@@ -956,9 +760,10 @@
     // Chats typed offline and never sent have no id yet; list them first, they are the newest.
     var pending = [];
     var seen = {};
-    for (var i = this.outbox.length - 1; i >= 0; i--) {
-      var e = this.outbox[i];
-      if (isNewKey(e.conv) && !seen[e.conv]) {
+    var outbox = this.entries();
+    for (var i = outbox.length - 1; i >= 0; i--) {
+      var e = outbox[i];
+      if (this.isNewKey(e.conv) && !seen[e.conv]) {
         seen[e.conv] = true;
         pending.push({ id: e.conv, title: e.content.slice(0, 60), pending: true });
       }
@@ -992,31 +797,33 @@
     }
   };
 
-  /** The thread as keyed items: history, the reply streaming, then messages not yet confirmed. */
+  /** The thread as keyed items: history, the replies streaming, then messages not yet confirmed. */
   Widget.prototype.threadItems = function () {
+    var self = this;
     var key = this.view.key;
-    var items = this.view.messages.map(function (m) { return { key: "m:" + m.id, msg: m }; });
-    var turn = this.turn;
-    if (turn && turn.conv === key && turn.replyId && !this.hasMessage(turn.replyId)) {
-      items.push({ key: "m:" + turn.replyId, live: true,
-                   msg: { id: turn.replyId, role: "assistant", content: turn.text, status: "streaming" } });
-    }
+    var client = this.client;
+    var paused = client.state !== "connected";
+    var live = {};
+    client.streaming(key).forEach(function (r) {
+      live[r.id] = { key: "m:" + r.id, live: r.id,
+                     msg: { id: r.id, role: "assistant", content: r.text, status: paused ? "paused" : "streaming" } };
+    });
+    // A reply still streaming may already be in a history page (the text stored so far): the live
+    // one is shown in its place until its `done`.
+    var items = this.view.messages.map(function (m) {
+      var item = live[m.id] || { key: "m:" + m.id, msg: m };
+      delete live[m.id];
+      return item;
+    });
+    Object.keys(live).forEach(function (id) { items.push(live[id]); });
     var confirmed = {};
     this.view.messages.forEach(function (m) { if (m.client_id) confirmed[m.client_id] = true; });
-    var self = this;
-    this.outbox.forEach(function (e) {
+    this.entries().forEach(function (e) {
       if (e.conv === key && !confirmed[e.client_id]) {
-        items.push({ key: "c:" + e.client_id, entry: e, state: self.entryState(e) });
+        items.push({ key: "c:" + e.client_id, entry: e, state: client.entryState(e) });
       }
     });
     return items;
-  };
-
-  Widget.prototype.entryState = function (e) {
-    if (e.failed) return "failed";
-    if (e.client_id === this.inflight) return "sending";
-    if (!this.ready) return "waiting";
-    return "queued";
   };
 
   Widget.prototype.renderThread = function () {
@@ -1025,7 +832,7 @@
     var stick = this.nearBottom();
     var keep = {};
     var prev = null;
-    this.streamEl = null;
+    this.streamEls = {};
     items.forEach(function (item) {
       keep[item.key] = true;
       var sig = itemSignature(item);
@@ -1036,7 +843,7 @@
         if (el) el.replaceWith(fresh);
         el = fresh;
       }
-      if (item.live) self.streamEl = el;
+      if (item.live) self.streamEls[item.live] = el;
       var want = prev ? prev.nextSibling : self.msgList.firstChild;
       if (want !== el) self.msgList.insertBefore(el, want);
       prev = el;
@@ -1044,7 +851,7 @@
     Array.prototype.slice.call(this.msgList.children).forEach(function (el) {
       if (!keep[el.getAttribute("data-key")]) el.remove();
     });
-    this.placeholder.hidden = items.length > 0 || this.view.hasMore;
+    this.placeholder.hidden = items.length > 0 || this.view.hasMore || this.state === "unauthorized";
     this.olderBtn.hidden = !this.view.hasMore;
     if (stick) this.scrollToBottom();
   };
@@ -1055,9 +862,15 @@
     if (item.entry) {
       var e = item.entry;
       var meta = h("div", { class: "cw-meta" }, h("span", null, ENTRY_LABELS[item.state](e)));
-      if (e.failed) {
+      if (e.failed && e.failed.code === "too_large") {
+        // Sending it again can only fail again: the text goes back into the box to be shortened.
+        meta.appendChild(h("button", { type: "button", class: "cw-link",
+                                       on: { click: function () { self.edit(e.client_id); } } }, "Edit"));
+      } else if (e.failed) {
         meta.appendChild(h("button", { type: "button", class: "cw-link",
                                        on: { click: function () { self.retry(e.client_id); } } }, "Retry"));
+      }
+      if (e.failed) {
         meta.appendChild(h("button", { type: "button", class: "cw-link",
                                        on: { click: function () { self.discard(e.client_id); } } }, "Discard"));
       }
@@ -1071,16 +884,33 @@
                h("span", { class: "cw-sr" }, "You: "), h("div", { class: "cw-bubble cw-plain" }, m.content));
     }
     var status = m.status || "complete";
-    var body = h("div", { class: "cw-bubble cw-md" }, renderMarkdown(m.content));
-    if (status === "streaming") body.appendChild(h("span", { class: "cw-caret", "aria-hidden": "true" }));
-    var label = REPLY_STATUS[status] || status;
-    var metaChildren = [h("span", { class: "cw-status-dot", "aria-hidden": "true" }), label];
-    if (status === "error" && m.error) metaChildren.push(": " + m.error);
-    return h("li", { class: "cw-msg cw-assistant", "data-key": item.key, "data-id": m.id, "data-status": status,
-                     "aria-busy": status === "streaming" ? "true" : null },
-             h("span", { class: "cw-sr" }, "Assistant: "), body,
-             h("div", { class: "cw-meta cw-status" }, metaChildren));
+    var live = status === "streaming" || status === "paused";
+    // A reply that failed before its first word has nothing to show but its status line.
+    var body = m.content || live ? h("div", { class: "cw-bubble cw-md" }, renderMarkdown(m.content)) : null;
+    if (live) withCaret(body);
+    var meta2 = null;
+    if (status !== "complete") {
+      var metaChildren = [h("span", { class: "cw-status-dot", "aria-hidden": "true" }), REPLY_STATUS[status] || status];
+      if (status === "error" && m.error) metaChildren.push(": " + m.error);
+      meta2 = h("div", { class: "cw-meta cw-status" }, metaChildren);
+    }
+    return h("li", { class: "cw-msg cw-assistant", "data-key": item.key, "data-id": m.id,
+                     "data-status": status === "paused" ? "streaming" : status,
+                     "aria-busy": live ? "true" : null },
+             h("span", { class: "cw-sr" }, "Assistant: "), body, meta2);
   };
+
+  /**
+   * The streaming caret goes at the end of the last line of text (inside the last paragraph,
+   * list item or code block), not on a line of its own below it.
+   */
+  function withCaret(bubble) {
+    var at = bubble;
+    while (at.lastElementChild && /^(P|UL|OL|LI|PRE)$/.test(at.lastElementChild.tagName)) at = at.lastElementChild;
+    if (at.tagName === "PRE" && at.lastElementChild) at = at.lastElementChild;
+    at.appendChild(h("span", { class: "cw-caret", "aria-hidden": "true" }));
+    return bubble;
+  }
 
   /** Deltas arrive faster than it is worth re-rendering Markdown: at most every 50 ms. */
   Widget.prototype.scheduleStreamRender = function () {
@@ -1088,14 +918,18 @@
     if (this.streamTimer) return;
     this.streamTimer = setTimeout(function () {
       self.streamTimer = null;
-      var turn = self.turn;
-      if (!turn || !self.streamEl) return self.renderThread();
       var stick = self.nearBottom();
-      var bubble = self.streamEl.querySelector(".cw-bubble");
-      bubble.textContent = "";
-      bubble.appendChild(renderMarkdown(turn.text));
-      bubble.appendChild(h("span", { class: "cw-caret", "aria-hidden": "true" }));
-      self.streamEl.__sig = null; // the next full render rebuilds it
+      var stale = false;
+      self.client.streaming(self.view.key).forEach(function (r) {
+        var el = self.streamEls && self.streamEls[r.id];
+        var bubble = el && el.querySelector(".cw-bubble");
+        if (!bubble) { stale = true; return; }
+        bubble.textContent = "";
+        bubble.appendChild(renderMarkdown(r.text));
+        withCaret(bubble);
+        el.__sig = null; // the next full render rebuilds it
+      });
+      if (stale) self.renderThread();
       if (stick) self.scrollToBottom();
     }, 50);
   };
@@ -1122,14 +956,14 @@
 
   Widget.prototype.destroy = function () {
     this.destroyed = true;
-    clearTimeout(this.retryTimer);
-    clearTimeout(this.readyTimer);
     clearTimeout(this.listTimer);
-    clearTimeout(this.pumpTimer);
+    clearTimeout(this.reloadTimer);
     clearInterval(this.countdown);
     window.removeEventListener("online", this.onOnline);
     window.removeEventListener("offline", this.onOffline);
-    if (this.ws) this.ws.close(1000);
+    window.removeEventListener("pagehide", this.onPageHide);
+    window.removeEventListener("pageshow", this.onPageShow);
+    if (this.client) this.client.close();
     this.root.textContent = "";
   };
 
@@ -1141,7 +975,10 @@
   };
 
   function itemSignature(item) {
-    if (item.entry) return JSON.stringify([item.state, item.entry.content, item.entry.note || ""]);
+    if (item.entry) {
+      var e = item.entry;
+      return JSON.stringify([item.state, e.content, e.note || "", e.failed ? e.failed.code : ""]);
+    }
     var m = item.msg;
     return JSON.stringify([m.role, m.status, m.content, m.error || ""]);
   }
@@ -1237,6 +1074,10 @@
     ".cw-thread:focus-visible{outline-offset:-2px}",
     ".cw-older{display:block;margin:0 auto 16px;padding:6px 14px;border:1px solid var(--line);",
     "border-radius:999px;background:var(--bg);font-size:13px;color:var(--muted)}",
+    ".cw-signin{margin:12% auto 0;max-width:30em;padding:16px 18px;border:1px solid var(--line);",
+    "border-radius:12px;text-align:center}",
+    ".cw-signin p{margin:0 0 .5em}.cw-signin p:last-child{margin:0}",
+    ".cw-signin-how{font-size:13px;color:var(--muted)}",
     ".cw-hello{margin:18% auto 0;max-width:28em;text-align:center;color:var(--muted)}",
     ".cw-msgs{list-style:none;margin:0 auto;padding:0;max-width:760px;display:flex;flex-direction:column;gap:14px}",
     ".cw-msg{display:flex;flex-direction:column;min-width:0}",
@@ -1257,7 +1098,7 @@
     "[data-status=cancelled] .cw-status-dot,[data-status=interrupted] .cw-status-dot{background:var(--warn)}",
     "[data-status=error] .cw-status{color:var(--bad)}[data-status=error] .cw-status-dot{background:var(--bad)}",
     ".cw-pending[data-state=failed] .cw-meta{color:var(--bad)}",
-    ".cw-caret{display:inline-block;width:7px;height:1em;margin-left:2px;vertical-align:-2px;",
+    ".cw-caret{display:inline-block;width:7px;height:1em;margin-left:1px;vertical-align:-2px;",
     "background:currentColor;opacity:.5;animation:cw-pulse 1s infinite}",
     /* Markdown */
     ".cw-md>:first-child{margin-top:0}.cw-md>:last-child{margin-bottom:0}",
@@ -1315,6 +1156,7 @@
     ".cw-launcher[aria-expanded=true]{display:none}}",
   ].join("\n");
 
+
   // -- mounting -------------------------------------------------------------------------------------
 
   /** Fill `element` with a chat: ChatWidget.mount(el, {server: "https://chat.example.com", token}). */
@@ -1357,7 +1199,7 @@
     if (data.mount === "manual") return;
     var options = {
       server: data.server || script.src.replace(/\/static\/widget\.js(?:[?#].*)?$/, ""),
-      token: data.token || undefined,
+      token: data.token || tokenFromFragment() || undefined,
       title: data.title || undefined,
     };
     var go = function () {
@@ -1368,7 +1210,23 @@
     else go();
   }
 
+  /**
+   * A site that signs its users in can send them to the chat page as /#token=<token>: the token is
+   * kept (localStorage, as any token) and removed from the address, so it is neither bookmarked,
+   * shared by copy and paste, nor sent in a Referer. A fragment never reaches the server's logs.
+   */
+  function tokenFromFragment() {
+    var m = /^#(?:.*&)?token=([^&]+)/.exec(window.location.hash || "");
+    if (!m) return null;
+    var rest = window.location.hash.slice(1).split("&").filter(function (p) { return p.indexOf("token=") !== 0; });
+    try {
+      history.replaceState(history.state, "", window.location.pathname + window.location.search +
+                                              (rest.length ? "#" + rest.join("&") : ""));
+    } catch (e) { /* a sandboxed frame: the token still works */ }
+    try { return decodeURIComponent(m[1]); } catch (e) { return null; }
+  }
+
   window.ChatWidget = { mount: mount, mountFloating: mountFloating, renderMarkdown: renderMarkdown,
-                        version: PROTOCOL };
-  if (document.currentScript) autoMount(document.currentScript);
+                        ready: clientLoaded, version: "chat.v1" };
+  if (script) autoMount(script);
 })();

@@ -38,6 +38,35 @@ class TokenBucket:
     def full(self) -> bool:
         return self.tokens + (self.clock() - self.stamp) * self.rate >= self.burst
 
+    def wait_s(self) -> float:
+        """How long until take() would succeed (0 when it would now)."""
+        tokens = min(self.burst, self.tokens + (self.clock() - self.stamp) * self.rate)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+
+
+class KeyedBuckets:
+    """One bucket of `per_minute` (a burst of that many, refilled evenly) per key: a user or a
+    client address. 0 means no limit. Bounded: past `max_keys`, keys whose bucket refilled go."""
+
+    def __init__(self, per_minute: int, clock: Clock = time.monotonic, max_keys: int = 10_000):
+        self.per_minute = per_minute
+        self.clock = clock
+        self.max_keys = max_keys
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def take(self, key: str) -> float:
+        """0 when allowed (and counted); else the seconds to wait before trying again."""
+        if self.per_minute <= 0:
+            return 0.0
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.max_keys:
+                self._buckets = {k: b for k, b in self._buckets.items() if not b.full()}
+                if len(self._buckets) >= self.max_keys:  # a spray of keys: forget the oldest half
+                    self._buckets = dict(list(self._buckets.items())[self.max_keys // 2:])
+            bucket = self._buckets[key] = TokenBucket(self.per_minute / 60, self.per_minute, self.clock)
+        return 0.0 if bucket.take() else max(bucket.wait_s(), 0.001)
+
 
 class UserLimits:
     """Per user, across all of the user's sockets in this process."""

@@ -54,7 +54,8 @@ class Services:
             assert settings.auth_secret is not None
             auth = Authenticator(settings.auth_secret.get_secret_value(), token_mode=True)
         else:
-            auth = Authenticator(await open_mode_secret(db), token_mode=False)
+            auth = Authenticator(await open_mode_secret(db), token_mode=False,
+                                 open_mode_ttl_s=settings.open_mode_token_ttl_s)
         limits = UserLimits(settings.rate_limit_per_minute, settings.max_sockets_per_user)
         owner = uuid.uuid4().hex
         bus: ReplyBus

@@ -45,8 +45,7 @@ class ChatSession:
         self.followers: dict[str, Follower] | None = None  # by reply id; made on first use
         self._events: set[asyncio.Task[None]] | None = None
         self.runner = TurnRunner(services.reply_deps, services.owner, self.user_id)
-        rate = services.settings.max_frames_per_second
-        self.frame_rate = TokenBucket(rate, 2 * rate)
+        # The frame rate (every frame, control frames too) is kept below, in server/web/ws_protocol.py.
         # Refusals for the user's message rate; running out of these (more than flood_close_after
         # a minute, sustained) means the client ignores rate_limited: it is closed.
         strikes = services.settings.flood_close_after
@@ -95,7 +94,7 @@ class ChatSession:
     async def _resolve_start(self, requested: str | None) -> dict[str, Any] | None:
         if requested is None:
             return None
-        if not frames.storable(requested) or len(requested) > frames.MAX_ID_CHARS:
+        if not frames.known_id(requested):
             return outgoing.error(ErrorCode.NOT_FOUND, frames.NO_SUCH_CONVERSATION)
         try:
             owned = await self.svc.db.read(lambda store: store.owns_conversation(requested, self.user_id))
@@ -138,11 +137,6 @@ class ChatSession:
             incoming = await self.channel.receive()
             if self.identity.expired():
                 await self.channel.close(CloseCode.POLICY, "token expired")
-                return
-            if not self.frame_rate.take():
-                log.warning("closing a flooding socket (user %r): over %g frames/s", self.user_id,
-                            self.svc.settings.max_frames_per_second)
-                await self.channel.close(CloseCode.POLICY, "flooding")
                 return
             if incoming.text is None:
                 await self._refuse(FrameError(ErrorCode.INVALID, "binary frames are not accepted; send text"))

@@ -43,6 +43,8 @@ class Turn:
 
 
 class TurnRunner:
+    __slots__ = ("deps", "owner", "user_id")  # one per socket, idle ones included
+
     def __init__(self, deps: ReplyDeps, owner: str, user_id: str):
         self.deps = deps
         self.owner = owner  # this process incarnation, recorded with each reply it generates

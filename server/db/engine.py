@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
@@ -25,8 +27,11 @@ def make_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
     if settings.is_sqlite:
         path = settings.sqlite_path
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_sqlite_file(path)
         kwargs["connect_args"] = {"timeout": settings.sqlite_busy_timeout_ms / 1000}
+    else:
+        # asyncpg waits 60 s for a host that never answers; an operator should hear sooner.
+        kwargs["connect_args"] = {"timeout": settings.db_connect_timeout_s}
     engine = create_async_engine(settings.database_url, **kwargs)
     if settings.is_sqlite:
         configure_sqlite(engine.sync_engine, settings, writer=False)
@@ -53,3 +58,18 @@ def configure_sqlite(sync_engine: Engine, settings: Settings, writer: bool) -> N
         # can fail with SQLITE_BUSY without waiting (another process wrote first), which
         # busy_timeout cannot help.
         conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+
+def private_sqlite_file(path: Path) -> None:
+    """The SQLite file holds every message and the open-mode signing secret: its directory is
+    made 0700 when we create it, and the file (and its -wal, -shm, lock files, which SQLite creates
+    with the database's mode) 0600, created so before SQLite opens it, and fixed if an older
+    version made it world-readable."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)  # mkdir's mode is filtered by the umask
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # SQLite takes an empty file as new
+    for p in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal", ".migrate-lock"))):
+        if p.exists() and p.stat().st_mode & 0o077:
+            os.chmod(p, 0o600)

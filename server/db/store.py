@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, exists, insert, literal_column, select, text, update
+import orjson
+from sqlalchemy import Select, and_, bindparam, delete, exists, insert, literal_column, or_, select, text, update
 from sqlalchemy.engine import Connection
 
 from server.db.schema import conversations, messages, replies_in_flight, server_secrets
 
 TITLE_CHARS = 80
+PAGE_CONTENT_BYTES = 1 << 20  # PROTOCOL.md: a history page holds about 1 MiB of content at most
 
 
 def new_id() -> str:
@@ -98,8 +100,8 @@ _NEXT_SEQ = (
     .where(conversations.c.id == _p("p_conversation"), conversations.c.user_id == _p("p_user"))
     .values(last_seq=conversations.c.last_seq + 1, updated_at=_p("p_now"))
     .returning(conversations.c.last_seq))
-_OWNS: Any = select(literal_column("1")).where(conversations.c.id == _p("p_conversation"),
-                                          conversations.c.user_id == _p("p_user"))
+_OWNS: Select[Any] = select(literal_column("1")).where(conversations.c.id == _p("p_conversation"),
+                                                      conversations.c.user_id == _p("p_user"))
 _BY_CLIENT_ID = select(*MESSAGE_COLUMNS).where(messages.c.user_id == _p("p_user"),
                                                messages.c.client_id == _p("p_client"))
 _REPLIES_TO = select(*MESSAGE_COLUMNS).where(messages.c.reply_to == _p("p_message")).order_by(messages.c.seq)
@@ -229,15 +231,27 @@ class Store:
         result = self.conn.execute(_OWNS, {"p_conversation": conversation_id, "p_user": user_id})
         return result.first() is not None
 
-    def list_conversations(self, user_id: str, limit: int = 200) -> list[dict[str, Any]]:
-        result = self.conn.execute(
-            select(conversations.c.id, conversations.c.title, conversations.c.created_at,
-                   conversations.c.updated_at)
-            .where(conversations.c.user_id == user_id)
-            .order_by(conversations.c.updated_at.desc(), conversations.c.id)
-            .limit(limit))
-        return [{"id": r.id, "title": r.title, "created_at": iso(r.created_at), "updated_at": iso(r.updated_at)}
-                for r in result]
+    def list_conversations(self, user_id: str, before: str | None = None,
+                           limit: int = 50) -> tuple[list[dict[str, Any]], bool]:
+        """A page of the user's conversations, newest `updated_at` first (then by id), older than
+        the conversation `before` (the last of the previous page), and whether more remain.
+        Keyset paging: every conversation is reachable, however many there are."""
+        query = (select(conversations.c.id, conversations.c.title, conversations.c.created_at,
+                        conversations.c.updated_at)
+                 .where(conversations.c.user_id == user_id))
+        if before is not None:
+            anchor = self.conn.execute(
+                select(conversations.c.updated_at)
+                .where(conversations.c.id == before, conversations.c.user_id == user_id)).scalar()
+            if anchor is None:
+                raise InvalidBefore(before)
+            query = query.where(or_(conversations.c.updated_at < anchor,
+                                    and_(conversations.c.updated_at == anchor, conversations.c.id > before)))
+        rows = list(self.conn.execute(
+            query.order_by(conversations.c.updated_at.desc(), conversations.c.id).limit(limit + 1)))
+        items = [{"id": r.id, "title": r.title, "created_at": iso(r.created_at), "updated_at": iso(r.updated_at)}
+                 for r in rows[:limit]]
+        return items, len(rows) > limit
 
     def delete_conversation(self, conversation_id: str, user_id: str) -> bool:
         if not self.owns_conversation(conversation_id, user_id):
@@ -337,14 +351,29 @@ class Store:
         return self.conn.execute(_SEQ_OF, {"p_message": message_id, "p_conversation": conversation_id}).scalar()
 
     def page(self, conversation_id: str, before_seq: int | None, limit: int) -> tuple[list[Message], bool]:
-        """The newest `limit` messages older than `before_seq`, oldest first, and whether more remain."""
+        """The newest `limit` messages older than `before_seq`, oldest first, and whether more remain.
+
+        Fewer when they are large: a page holds at most PAGE_CONTENT_BYTES of content as sent (JSON-
+        escaped), and always at least one message, so that one request cannot make a huge answer
+        (200 messages of 32,000 control characters is 38 MB) that a client then leaves unread."""
         query = select(*MESSAGE_COLUMNS).where(messages.c.conversation_id == conversation_id)
         if before_seq is not None:
             query = query.where(messages.c.seq < before_seq)
         result = self.conn.execute(query.order_by(messages.c.seq.desc()).limit(limit + 1))
-        rows = [Message(*row) for row in result]
-        has_more = len(rows) > limit
-        return list(reversed(rows[:limit])), has_more
+        rows: list[Message] = []
+        size = 0
+        has_more = False
+        try:
+            for row in result:
+                message = Message(*row)
+                size += len(orjson.dumps(message.content))
+                if len(rows) == limit or (rows and size > PAGE_CONTENT_BYTES):
+                    has_more = True
+                    break
+                rows.append(message)
+        finally:
+            result.close()
+        return list(reversed(rows)), has_more
 
     def history(self, conversation_id: str, user_id: str, before: str | None,
                 limit: int) -> tuple[list[Message], bool]:

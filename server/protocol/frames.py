@@ -13,7 +13,6 @@ from server.protocol.codes import ErrorCode
 
 ABSENT: Final = object()  # a field the client did not send (distinct from null)
 MAX_CLIENT_ID = 64
-MAX_ID_CHARS = 36  # the ids the server makes (UUIDs) and the columns that hold them
 MAX_HISTORY_LIMIT = 200
 DEFAULT_HISTORY_LIMIT = 50
 _BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
@@ -26,6 +25,16 @@ def storable(text: str) -> bool:
     """Neither database takes a NUL character or a lone surrogate (valid JSON can carry both).
     An id holding one cannot name anything stored, and must not reach a query."""
     return _BAD_CHARS.search(text) is None
+
+
+MAX_ID_CHARS = 36  # conversation and message ids are UUIDs, in String(36) columns
+
+
+def known_id(text: str) -> bool:
+    """Whether `text` could name a stored conversation or message. A longer one cannot, and must
+    not reach a query either: PostgreSQL refuses it as too long for the column (an error per frame,
+    counted as a commit failure), where any unknown id should simply be not_found."""
+    return len(text) <= MAX_ID_CHARS and storable(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +58,7 @@ class ResumeFrame:
 
 @dataclass(frozen=True, slots=True)
 class HistoryFrame:
-    conversation_id: str
+    conversation_id: str | None  # None: absent (or null), the socket's current conversation
     before: str | None
     limit: int
 
@@ -95,7 +104,9 @@ def _loads_strictly_valid(raw: str, orjson_error: Exception) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):
-        raise FrameError(ErrorCode.INVALID, f"frame is not valid JSON: {orjson_error}") from None
+        raise FrameError(ErrorCode.INVALID, f"frame is not valid JSON ({orjson_error}); to send text, send it "
+                         "without a leading '{', or as a message frame: {\"type\":\"message\",\"content\":\"…\"}"
+                         ) from None
 
 
 def _message(obj: dict[str, Any], max_chars: int) -> MessageFrame:
@@ -112,7 +123,7 @@ def _message(obj: dict[str, Any], max_chars: int) -> MessageFrame:
     if conversation_id is not ABSENT and conversation_id is not None:
         if not isinstance(conversation_id, str):
             raise FrameError(ErrorCode.INVALID, "conversation_id must be a string or null", echo_id)
-        if not storable(conversation_id):
+        if not known_id(conversation_id):
             raise FrameError(ErrorCode.NOT_FOUND, NO_SUCH_CONVERSATION, echo_id)
     if "content" not in obj:
         raise FrameError(ErrorCode.INVALID, "message needs a string field 'content'", echo_id)
@@ -141,7 +152,7 @@ def _optional_id(obj: dict[str, Any], name: str) -> str | None:
 
 def _cancel(obj: dict[str, Any]) -> CancelFrame:
     message_id = _optional_id(obj, "message_id")
-    if message_id is not None and not storable(message_id):
+    if message_id is not None and not known_id(message_id):
         message_id = ""  # names nothing: ignored, like any id that is not a reply in flight
     return CancelFrame(message_id)
 
@@ -156,21 +167,21 @@ def _resume(obj: dict[str, Any]) -> ResumeFrame:
     if isinstance(after, bool) or not isinstance(after, int) or after < 0:
         raise FrameError(ErrorCode.INVALID, "after must be a non-negative integer (the last seq you have)")
     named = message_id if message_id is not None else reply_to
-    if not storable(named or "") or len(named or "") > MAX_ID_CHARS:  # never a stored id: no query
+    if not known_id(named or ""):  # never a stored id: no query
         raise FrameError(ErrorCode.NOT_FOUND, NO_SUCH_REPLY)
     return ResumeFrame(message_id, reply_to, after)
 
 
 def _history(obj: dict[str, Any]) -> HistoryFrame:
     conversation_id = obj.get("conversation_id")
-    if not isinstance(conversation_id, str):
-        raise FrameError(ErrorCode.INVALID, "history needs a string field 'conversation_id'")
-    if not storable(conversation_id):
+    if conversation_id is not None and not isinstance(conversation_id, str):
+        raise FrameError(ErrorCode.INVALID, "conversation_id must be a string, or absent for the current conversation")
+    if conversation_id is not None and not known_id(conversation_id):
         raise FrameError(ErrorCode.NOT_FOUND, NO_SUCH_CONVERSATION)
     before = obj.get("before")
     if before is not None and not isinstance(before, str):
         raise FrameError(ErrorCode.INVALID, "before must be a message id (a string)")
-    if before is not None and not storable(before):
+    if before is not None and not known_id(before):
         raise FrameError(ErrorCode.INVALID, INVALID_BEFORE)
     limit = obj.get("limit", DEFAULT_HISTORY_LIMIT)
     if limit is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -18,11 +20,17 @@ from server.protocol.frames import (
     INVALID_BEFORE,
     MAX_HISTORY_LIMIT,
     NO_SUCH_CONVERSATION,
-    storable,
+    known_id,
 )
+from server.web.guards import Guards, TooMany
 from server.web.static import STATIC_DIR
 
+log = logging.getLogger(__name__)
 router = APIRouter()
+
+CONVERSATIONS_PAGE = 50
+MAX_CONVERSATIONS_PAGE = 200
+INVALID_BEFORE_CONVERSATION = "before must be the id of one of your conversations (the last of the previous page)"
 
 
 def services(request: Request) -> Services:
@@ -30,13 +38,20 @@ def services(request: Request) -> Services:
 
 
 def identity(request: Request, svc: Annotated[Services, Depends(services)]) -> Identity:
-    token = bearer_token(request.headers.get("authorization"))
-    if token is None:
-        raise HTTPException(401, "send Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"})
+    guards: Guards = request.app.state.guards
     try:
-        return svc.auth.verify(token)
-    except AuthError as e:
-        raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from None
+        guards.http_request(request.scope)  # per address, before the token is even looked at
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
+            raise HTTPException(401, "send Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"})
+        try:
+            user = svc.auth.verify(token)
+        except AuthError as e:
+            raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from None
+        guards.http_user(user.user_id)
+    except TooMany as e:
+        raise HTTPException(429, str(e), headers=e.headers) from None
+    return user
 
 
 Svc = Annotated[Services, Depends(services)]
@@ -48,20 +63,27 @@ def unavailable() -> HTTPException:
 
 
 @router.get("/api/conversations")
-async def list_conversations(svc: Svc, user: User) -> dict[str, Any]:
+async def list_conversations(svc: Svc, user: User, before: str | None = None,
+                             limit: Annotated[int, Query(ge=1, le=MAX_CONVERSATIONS_PAGE)] = CONVERSATIONS_PAGE,
+                             ) -> dict[str, Any]:
+    if before is not None and not known_id(before):
+        raise HTTPException(400, INVALID_BEFORE_CONVERSATION)
     try:
-        return {"items": await svc.db.read(lambda store: store.list_conversations(user.user_id))}
+        items, has_more = await svc.db.read(lambda store: store.list_conversations(user.user_id, before, limit))
+    except InvalidBefore:
+        raise HTTPException(400, INVALID_BEFORE_CONVERSATION) from None
     except DatabaseUnavailable:
         raise unavailable() from None
+    return {"items": items, "has_more": has_more}
 
 
 @router.get("/api/conversations/{conversation_id}/messages")
 async def list_messages(conversation_id: str, svc: Svc, user: User, before: str | None = None,
                         limit: Annotated[int, Query(ge=1, le=MAX_HISTORY_LIMIT)] = DEFAULT_HISTORY_LIMIT,
                         ) -> dict[str, Any]:
-    if not storable(conversation_id):  # a NUL (%00) cannot name anything stored
+    if not known_id(conversation_id):  # too long, or a NUL (%00): cannot name anything stored
         raise HTTPException(404, NO_SUCH_CONVERSATION)
-    if before is not None and not storable(before):
+    if before is not None and not known_id(before):
         raise HTTPException(400, INVALID_BEFORE)
     try:
         page, has_more = await svc.db.read(lambda store: store.history(conversation_id, user.user_id, before, limit))
@@ -77,7 +99,7 @@ async def list_messages(conversation_id: str, svc: Svc, user: User, before: str 
 
 @router.delete("/api/conversations/{conversation_id}", status_code=204)
 async def delete_conversation(conversation_id: str, svc: Svc, user: User) -> Response:
-    if not storable(conversation_id):
+    if not known_id(conversation_id):
         raise HTTPException(404, NO_SUCH_CONVERSATION)
     try:
         deleted = await svc.db.write(lambda store: store.delete_conversation(conversation_id, user.user_id))
@@ -101,7 +123,8 @@ async def readyz(svc: Svc) -> JSONResponse:
     try:
         await svc.db.ping()
     except DatabaseUnavailable as e:
-        checks["database"] = f"unavailable: {e}"[:300]
+        log.warning("/readyz: the database does not answer: %r", str(e)[:500])
+        checks["database"] = "unavailable"  # the detail (driver error, SQL, address) stays in the log
     if not await svc.backend.ready():
         checks["backend"] = "unreachable"  # the server stays up: turns end in `error` until it is back
     ok = checks["database"] == "ok" and checks["backend"] == "ok"
@@ -109,10 +132,30 @@ async def readyz(svc: Svc) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics_endpoint() -> Response:
+async def metrics_endpoint(request: Request, svc: Svc) -> Response:
+    # Open unless CHAT_METRICS_TOKEN is set: a bearer secret works through any proxy and is one
+    # line of Prometheus configuration, where a second listener would be a second server to run.
+    expected = svc.settings.metrics_token
+    if expected is not None and expected.get_secret_value():
+        given = bearer_token(request.headers.get("authorization")) or ""
+        if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+            raise HTTPException(401, "send Authorization: Bearer <CHAT_METRICS_TOKEN>",
+                                headers={"WWW-Authenticate": "Bearer"})
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/", include_in_schema=False)
-async def index() -> FileResponse:
-    return FileResponse(STATIC_DIR / "index.html")
+async def index(svc: Svc) -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", headers=page_headers(svc.settings.allowed_origins))
+
+
+def page_headers(allowed_origins: list[str]) -> dict[str, str]:
+    """The chat page's own script and styles only (the widget builds <style> elements, hence
+    'unsafe-inline' for styles, never for scripts); framed only by us and the allowed origins."""
+    ancestors = " ".join(["'self'", *allowed_origins])
+    return {
+        "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                                   "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+                                   f"form-action 'self'; frame-ancestors {ancestors}",
+        "X-Content-Type-Options": "nosniff",
+    }

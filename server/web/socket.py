@@ -20,8 +20,9 @@ Scope = dict[str, Any]
 
 
 class Socket:
-    def __init__(self, receive: Any, send: Any, send_timeout_s: float):
+    def __init__(self, receive: Any, send: Any, send_timeout_s: float, http_response: bool = False):
         self._receive = receive
+        self.http_response = http_response  # the server can answer a handshake with its own response
         self._send = send
         self._send_timeout_s = send_timeout_s
         self.open = False  # accepted and not yet closed or disconnected
@@ -35,9 +36,23 @@ class Socket:
         await self._send({"type": "websocket.accept"})
         self.open = True
 
-    async def refuse(self) -> None:
-        """Before accept: uvicorn answers the handshake with HTTP 403."""
-        await self._send({"type": "websocket.close", "code": 1008})
+    async def refuse(self, reason: str = "", status: int = 403) -> None:
+        """Before accept: HTTP `status` whose body is `reason` (the "websocket.http.response" ASGI
+        extension), so that wscat and browsers' devtools show why; without the extension, a close
+        1008 with the reason (uvicorn then answers an empty 403)."""
+        if self.http_response:
+            await self._send({"type": "websocket.http.response.start", "status": status,
+                              "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+            await self._send({"type": "websocket.http.response.body", "body": reason.encode()})
+        else:
+            await self._send({"type": "websocket.close", "code": 1008, "reason": reason})
+
+    async def refuse_http(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        """Before accept: answer the handshake with this HTTP status (ASGI websocket.http.response)."""
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+        await self._send({"type": "websocket.http.response.start", "status": status,
+                          "headers": [(b"content-type", b"text/plain; charset=utf-8"), *raw]})
+        await self._send({"type": "websocket.http.response.body", "body": detail.encode()})
 
     # -- frames --------------------------------------------------------------------------------
     async def receive(self) -> Incoming:

@@ -9,6 +9,7 @@ from server.auth import AuthError, bearer_token
 from server.chat.services import Services
 from server.chat.session import ChatSession
 from server.protocol.codes import CloseCode
+from server.web.guards import Guards, TooMany
 from server.web.socket import Scope, Socket
 
 log = logging.getLogger(__name__)
@@ -32,24 +33,39 @@ def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> 
     return parts.scheme in ("http", "https") and host is not None and parts.netloc.lower() == host.lower()
 
 
-async def handle_socket(scope: Scope, receive, send, svc: Services) -> None:  # type: ignore[no-untyped-def]
-    sock = Socket(receive, send, svc.settings.send_timeout_s)
+async def handle_socket(scope: Scope, receive, send, svc: Services,  # type: ignore[no-untyped-def]
+                        guards: Guards) -> None:
+    sock = Socket(receive, send, svc.settings.send_timeout_s,
+                  http_response="websocket.http.response" in scope.get("extensions", {}))
     if not await sock.wait_connect():
         return
     if svc.hub.shutting_down:
-        await sock.refuse()
+        await sock.refuse("shutting down")
         return
     if not origin_allowed(_header(scope, b"origin"), _header(scope, b"host"), svc.settings.allowed_origins):
-        log.info("refused a socket from origin %s", _header(scope, b"origin"))
-        await sock.refuse()
+        # Escaped, not %r: a newline cannot forge a log line, and the line reads as before.
+        log.info("refused a socket from origin %s", repr(_header(scope, b"origin") or "")[1:-1])
+        await sock.refuse("origin not allowed")
         return
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    token = (query.get("token") or [None])[0] or bearer_token(_header(scope, b"authorization"))
+    query_token = (query.get("token") or [None])[0]
+    header_token = bearer_token(_header(scope, b"authorization"))
+    if query_token and header_token and query_token != header_token:
+        log.info("refused a socket: ?token= and Authorization disagree")
+        await sock.refuse("two tokens that disagree")
+        return
+    token = query_token or header_token
     try:
+        if not token and not svc.auth.token_mode:
+            guards.new_user(scope)
         identity = svc.auth.identify(token)
+    except TooMany as e:
+        log.info("refused a socket from %r: %s", scope.get("client"), e)
+        await sock.refuse_http(429, str(e), e.headers)
+        return
     except AuthError as e:
-        log.info("refused a socket: %s", e)
-        await sock.refuse()
+        log.info("refused a socket: %r", str(e))
+        await sock.refuse(str(e))
         return
     if not svc.limits.open_socket(identity.user_id):
         await sock.accept()  # a close code needs an accepted socket; nothing else is sent

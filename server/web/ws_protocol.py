@@ -13,17 +13,44 @@ compressed bomb), closing with unread input makes the kernel answer with a reset
 may never read the close code. Here the close frame is followed by a half-close (FIN), as the
 websockets library asks for, and the socket keeps reading, and discarding, until the client
 closes its side or a short timer runs out.
+
+Floods below the message layer (PROTOCOL.md, "One client must not be able to hurt another"):
+uvicorn hands the app only whole messages, and answers pings itself. So the app's frame-rate
+limit never sees continuation, ping or pong frames, and a client that sends a text frame with
+FIN=0 and then empty continuations nonstop, or 125-byte pings nonstop, costs the server CPU (other
+users' turns took seconds) and memory (uvicorn keeps every fragment in a list, and writes every
+pong into the transport whether or not the client reads: hundreds of MB in seconds). websockets
+bounds a message's total size (max_size) but not its number of fragments, and writes a pong for
+every ping. Here, in one place (`_admit` and the writing-paused timer):
+- every frame (text, binary, continuation, ping, pong) takes a token from one bucket per socket
+  (max_frames_per_second, bursts of twice that); a socket that keeps above it is closed with
+  1008. This is the only frame-rate limit: the chat layer above never sees most of these frames;
+- a message in more than MAX_FRAGMENTS fragments is closed with 1008;
+- a client that does not read is cut off however the bytes waiting for it were queued (pongs
+  included): once the transport asks us to pause writing (its buffer is above the high-water
+  mark), the pongs we owe are dropped (RFC 6455 allows answering only the latest ping), and if
+  it is still paused `slow_reader_s` later the connection is aborted.
+uvicorn has none of these, nor a setting for them; they would belong upstream (uvicorn's
+WebSocket protocols, or websockets' ServerProtocol for the fragment count).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame
 from websockets.http11 import Request
 
+from server.chat.limits import TokenBucket
+
+log = logging.getLogger(__name__)
+
 DRAIN_S = 2.0
+MAX_FRAGMENTS = 64  # PROTOCOL.md: a message in more fragments closes with 1008
+POLICY = 1008
 
 
 class Inbox:
@@ -95,11 +122,94 @@ class Writable:
 
 class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
     draining = False
+    # Set per server by `configured`; these defaults are the settings' defaults.
+    frames_per_second = 50.0
+    slow_reader_s = 10.0
+    # Per socket, made only when used: an idle socket pays for none of them.
+    fragments = 0
+    bucket: TokenBucket | None = None
+    slow_timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def configured(cls, frames_per_second: float, slow_reader_s: float) -> type[ChatWebSocketProtocol]:
+        """This protocol with the server's limits (uvicorn.Config takes a class, not an instance)."""
+        return type(cls.__name__, (cls,), {"frames_per_second": frames_per_second,
+                                           "slow_reader_s": slow_reader_s})
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = Inbox()  # type: ignore[assignment]
         self.writable = Writable()  # type: ignore[assignment]
+
+    # -- frames below the message layer (see the module docstring) ------------------------------
+    def _admit(self) -> bool:
+        """Count a frame, whatever its kind; False (and the socket closing) past the rate."""
+        if self.draining:
+            return False
+        if self.bucket is None:
+            self.bucket = TokenBucket(self.frames_per_second, 2 * self.frames_per_second, self.loop.time)
+        return self.bucket.take() or self._refuse(f"over {self.frames_per_second:g} frames/s")
+
+    def _refuse(self, reason: str) -> bool:
+        log.warning("closing a flooding socket from %r: %s", self.client and self.client[0], reason)
+        self.frames = []
+        self.conn.fail(POLICY, "flooding")
+        self.handle_parser_exception()
+        return False
+
+    def handle_text(self, event: Frame) -> None:
+        if self._admit():
+            self.fragments = 1
+            super().handle_text(event)
+
+    def handle_bytes(self, event: Frame) -> None:
+        if self._admit():
+            self.fragments = 1
+            super().handle_bytes(event)
+
+    def handle_cont(self, event: Frame) -> None:
+        if not self._admit():
+            return
+        self.fragments += 1
+        if self.fragments > MAX_FRAGMENTS:
+            self._refuse(f"a message in more than {MAX_FRAGMENTS} fragments")
+            return
+        super().handle_cont(event)
+
+    def handle_ping(self) -> None:
+        # websockets has already queued the pong. A client whose transport is paused is not
+        # reading: the pong is dropped rather than piled up (the slow-reader timer is running).
+        if not self.writable.is_set():
+            self.conn.data_to_send()
+        if self._admit():
+            super().handle_ping()
+
+    def handle_pong(self, event: Frame) -> None:
+        if self._admit():
+            super().handle_pong(event)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.slow_timer is None:
+            self.slow_timer = self.loop.call_later(self.slow_reader_s, self._slow_reader)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.slow_timer is not None:
+            self.slow_timer.cancel()
+            self.slow_timer = None
+
+    def _slow_reader(self) -> None:
+        self.slow_timer = None
+        log.warning("client %r read nothing for %.1fs; dropping the connection", self.client and self.client[0],
+                    self.slow_reader_s)
+        self.transport.abort()  # connection_lost queues the disconnect for the app
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.slow_timer is not None:
+            self.slow_timer.cancel()
+            self.slow_timer = None
+        super().connection_lost(exc)
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)

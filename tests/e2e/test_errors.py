@@ -84,7 +84,6 @@ NOT_A_FRAME = {
     "content reversed surrogate pair": message_frame('"content":"\\ude00\\ud83d"'),
     "plain text with NUL": "a\x00b",
     "plain text blank": " \t\n ",
-    "history without conversation_id": '{"type":"history"}',
     "history conversation_id is a number": '{"type":"history","conversation_id":5}',
     "history before is a number": '{"type":"history","conversation_id":"x","before":5}',
     "deeply nested array in content": message_frame('"content":' + "[" * DEEP + "]" * DEEP),

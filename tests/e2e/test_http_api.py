@@ -17,6 +17,8 @@ import jwt
 import pytest
 from support.client import Client, Rest, aio, cid, words
 
+from server.client import ChatClient, Message
+
 
 def b64url(obj: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
@@ -79,12 +81,11 @@ async def test_every_api_endpoint_needs_a_valid_bearer_token(server):
 # -- listing conversations --------------------------------------------------------------------------------
 @aio
 async def test_conversations_are_listed_newest_updated_first_with_title_of_first_message(server):
-    c = await Client.open(server)
-    try:
-        rest = Rest(server, c.token)
+    async with ChatClient(server.ws_url) as chat:
+        rest = Rest(server, chat.token)
         assert rest.conversations() == []
-        a = (await c.complete("alpha is first", conversation_id=None)).ack["conversation_id"]
-        b = (await c.complete("beta comes second", conversation_id=None)).ack["conversation_id"]
+        a = (await chat.send("alpha is first", conversation_id=None)).conversation_id
+        b = (await chat.send("beta comes second", conversation_id=None)).conversation_id
         listed = rest.conversations()
         assert [(i["id"], i["title"]) for i in listed] == [(b, "beta comes second"), (a, "alpha is first")]
         for item in listed:
@@ -92,51 +93,43 @@ async def test_conversations_are_listed_newest_updated_first_with_title_of_first
             assert ts(item["updated_at"]) >= ts(item["created_at"])
         created_before = {i["id"]: i["created_at"] for i in listed}
 
-        await c.complete("alpha again", conversation_id=a)
+        await chat.send("alpha again", conversation_id=a)
         flipped = rest.conversations()
         assert [(i["id"], i["title"]) for i in flipped] == [(a, "alpha is first"), (b, "beta comes second")]
         assert ts(flipped[0]["updated_at"]) > ts(flipped[1]["updated_at"])
         assert {i["id"]: i["created_at"] for i in flipped} == created_before
 
-        # A message on the socket's current conversation (no conversation_id) moves that one up.
-        await c.complete("beta again", conversation_id=b)
-        await c.complete("and once more")
+        # A message on the current conversation (no conversation_id) moves that one up.
+        await chat.send("beta again", conversation_id=b)
+        await chat.send("and once more")
         assert [i["id"] for i in rest.conversations()] == [b, a]
-    finally:
-        await c.close()
 
 
 @aio
 async def test_conversation_list_shows_only_the_callers_conversations(server):
-    mine, theirs = await Client.open(server), await Client.open(server)
-    try:
-        m = (await mine.complete("my own")).ack["conversation_id"]
-        await theirs.complete("someone else's")
+    async with ChatClient(server.ws_url) as mine, ChatClient(server.ws_url) as theirs:
+        m = (await mine.send("my own")).conversation_id
+        await theirs.send("someone else's")
         assert [i["id"] for i in Rest(server, mine.token).conversations()] == [m]
-    finally:
-        await mine.close()
-        await theirs.close()
 
 
 # -- message pages ----------------------------------------------------------------------------------------
-async def three_turns(c: Client) -> tuple[str, list[str], list[str]]:
+async def three_turns(chat: ChatClient) -> tuple[str, list[str], list[str]]:
     """A conversation of 3 turns (6 messages): its id, the user contents, and their client_ids."""
     contents = ["first question", "second question", "third question"]
     keys = [cid() for _ in contents]
-    conv = None
+    chat.new_conversation()
     for content, k in zip(contents, keys, strict=True):
-        t = await c.complete(content, client_id=k, **({"conversation_id": conv} if conv else {}))
-        conv = t.ack["conversation_id"]
-    assert conv is not None
-    return conv, contents, keys
+        await chat.send(content, client_id=k)
+    assert chat.conversation_id is not None
+    return chat.conversation_id, contents, keys
 
 
 @aio
 async def test_messages_hold_every_field_in_order(server):
-    c = await Client.open(server)
-    try:
-        conv, contents, keys = await three_turns(c)
-        r = Rest(server, c.token).messages(conv)
+    async with ChatClient(server.ws_url) as chat:
+        conv, contents, keys = await three_turns(chat)
+        r = Rest(server, chat.token).messages(conv)
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["has_more"] is False and body.get("conversation_id", conv) == conv
@@ -150,18 +143,15 @@ async def test_messages_hold_every_field_in_order(server):
         stamps = [ts(m["created_at"]) for m in full]
         assert stamps == sorted(stamps)
         # The same as the socket's history frame.
-        h = await c.history(conv)
-        assert h["messages"] == full and h["has_more"] is False
-    finally:
-        await c.close()
+        page = await chat.history_page(conv)
+        assert page.messages == [Message.from_wire(m) for m in full] and page.has_more is False
 
 
 @aio
 async def test_messages_page_backwards_with_before_and_limit(server):
-    c = await Client.open(server)
-    try:
-        conv, _, _ = await three_turns(c)
-        rest = Rest(server, c.token)
+    async with ChatClient(server.ws_url) as chat:
+        conv, _, _ = await three_turns(chat)
+        rest = Rest(server, chat.token)
         full = rest.all_messages(conv)
         assert len(full) == 6
 
@@ -192,8 +182,6 @@ async def test_messages_page_backwards_with_before_and_limit(server):
         assert page(before=full[3]["id"], limit=2) == (full[1:3], True)
         assert page(before=full[0]["id"]) == ([], False)
         assert page(limit=200) == (full, False)
-    finally:
-        await c.close()
 
 
 @pytest.mark.parametrize("limit", ["0", "-1", "201", "x", "", "1.5", "true"])

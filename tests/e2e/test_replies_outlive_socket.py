@@ -270,3 +270,19 @@ async def test_sigterm_tells_followers_interrupted(db, make_server):
     assert r.done["status"] == "interrupted" and r.done["message_id"] == t.start["message_id"]
     assert await b.closed_code() == 1001
     server.wait(15)
+
+
+@aio
+async def test_history_without_a_conversation_id_uses_the_sockets_current_one(server):
+    c = await Client.open(server)
+    try:
+        await c.send({"type": "history"})
+        err = await c.expect_error("invalid")
+        assert "conversation" in err["detail"]
+        t = await c.complete("where am I")
+        await c.send({"type": "history"})
+        h = await c.expect("history")
+        assert h["conversation_id"] == t.ack["conversation_id"]
+        assert [m["id"] for m in h["messages"]] == [t.ack["message_id"], t.done["message_id"]]
+    finally:
+        await c.close()

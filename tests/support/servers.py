@@ -105,7 +105,11 @@ class ServerProcess:
 
     def full_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_", "OPENAI_", "PYTEST_"))}
-        env.update({"PYTHONUNBUFFERED": "1", "CHAT_DATABASE_URL": self.db_url, "CHAT_ECHO_DELAY_MS": "0"})
+        env.update({"PYTHONUNBUFFERED": "1", "CHAT_DATABASE_URL": self.db_url, "CHAT_ECHO_DELAY_MS": "0",
+                    # Every test comes from 127.0.0.1: the per-address limits are off unless a test
+                    # (tests/e2e/test_attacks.py) turns them on.
+                    "CHAT_OPEN_MODE_USERS_PER_MINUTE": "0", "CHAT_HTTP_REQUESTS_PER_MINUTE": "0",
+                    "CHAT_HTTP_REQUESTS_PER_MINUTE_PER_ADDRESS": "0"})
         env.update(self.env)
         return env
 

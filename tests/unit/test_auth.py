@@ -144,10 +144,25 @@ def test_open_mode_without_token_mints_a_fresh_user_each_time(open_auth, token):
             Authenticator(OTHER_SECRET, False).verify(identity.minted_token)
 
 
-def test_open_mode_with_a_token_is_that_user_and_mints_nothing(open_auth):
-    identity = open_auth.identify(open_auth.identify(None).minted_token)
-    again = open_auth.identify(open_auth.mint(identity.user_id))
-    assert identity.minted_token is None and again == identity
+def test_open_mode_with_a_token_is_that_user_with_a_fresh_token(open_auth):
+    # Every ready hands out a fresh token, so an active user never sees its token expire.
+    first = open_auth.identify(None)
+    identity = open_auth.identify(first.minted_token)
+    assert identity.user_id == first.user_id and identity.minted_token is not None
+    assert open_auth.verify(identity.minted_token).user_id == first.user_id
+
+
+def test_open_mode_tokens_expire_after_the_ttl(open_auth):
+    ttl = 30 * 86400
+    identity = open_auth.identify(None)
+    claims = jwt.decode(identity.minted_token, SECRET, algorithms=["HS256"])
+    assert abs(claims["exp"] - (time.time() + ttl)) < 5
+    assert identity.expires_at is not None and abs(identity.expires_at - claims["exp"]) < 2
+    short = Authenticator(SECRET, False, open_mode_ttl_s=60)
+    with pytest.raises(AuthError):
+        short.identify(open_auth.mint("u-9", ttl_s=-3600))  # an expired one is refused
+    renewed = short.identify(open_auth.mint("u-9", ttl_s=10))  # one about to expire is renewed
+    assert renewed.user_id == "u-9" and renewed.expires_at is not None and renewed.expires_at > time.time() + 50
 
 
 def test_open_mode_token_survives_a_new_authenticator_with_the_same_secret(open_auth):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.chat.limits import TokenBucket, UserLimits
+from server.chat.limits import KeyedBuckets, TokenBucket, UserLimits
 
 
 class FakeClock:
@@ -174,3 +174,34 @@ def test_bucket_map_keeps_users_that_are_still_limited(clock):
     assert "hog" in limits._buckets and len(limits._buckets) <= 3
     # Pruning did not hand the hog a fresh burst.
     assert take_all(lambda: limits.allow_message("hog")) == 30
+
+
+def test_keyed_buckets_count_each_key_apart_and_say_how_long_to_wait():
+    now = [0.0]
+    buckets = KeyedBuckets(60, clock=lambda: now[0])
+    assert all(buckets.take("a") == 0 for _ in range(60))
+    assert buckets.take("a") == pytest.approx(1.0)  # one a second
+    assert buckets.take("b") == 0
+    now[0] += 1
+    assert buckets.take("a") == 0
+
+
+def test_keyed_buckets_at_zero_never_limit():
+    assert all(KeyedBuckets(0).take("a") == 0 for _ in range(1000))
+
+
+def test_keyed_buckets_stay_bounded_under_a_spray_of_keys():
+    buckets = KeyedBuckets(60, clock=lambda: 0.0, max_keys=100)
+    for i in range(1000):
+        buckets.take(f"k{i}")
+    assert len(buckets._buckets) <= 100
+
+
+def test_the_per_address_key_is_an_ipv4_address_or_an_ipv6_slash_64():
+    from server.web.guards import client_address
+
+    assert client_address({"client": ("203.0.113.9", 1)}) == "203.0.113.9"
+    assert client_address({"client": ("2001:db8:1:2:aaaa::1", 1)}) == client_address(
+        {"client": ("2001:db8:1:2:bbbb::9", 1)}) == "2001:db8:1:2::/64"
+    assert client_address({"client": ("::ffff:198.51.100.7", 1)}) == "198.51.100.7"
+    assert client_address({}) == "unknown"

@@ -10,10 +10,12 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import openai
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 from server.chat.backends.base import BackendError, ChatTurn
 from server.chat.backends.context import build_messages
@@ -74,11 +76,11 @@ class OpenAIBackend:
                     raise BackendError(f"the model sent nothing for {s.llm_idle_timeout_s:g} s mid-reply "
                                        "(CHAT_LLM_IDLE_TIMEOUT_S)") from None
                 except openai.APIError as e:
-                    raise BackendError(f"the model backend at {self.base_url} failed mid-reply: "
-                                       f"{self._describe(e)}") from None
+                    self._log_failure("failed mid-reply", e)
+                    raise BackendError(f"the model backend failed mid-reply: {self._describe(e)}") from None
                 except Exception as e:  # a connection dropped mid-body surfaces as the HTTP library's own
-                    raise BackendError(f"the connection to the model backend at {self.base_url} broke "
-                                       f"mid-reply ({type(e).__name__})") from None
+                    self._log_failure("broke mid-reply", e)
+                    raise BackendError("the connection to the model backend broke mid-reply") from None
                 piece = self._take(chunk, turn)
                 if piece:
                     yield piece
@@ -92,21 +94,23 @@ class OpenAIBackend:
         try:
             async with asyncio.timeout(s.llm_first_token_timeout_s):
                 stream = await self.client.chat.completions.create(
-                    model=self.model, messages=messages, stream=True,  # type: ignore[arg-type,call-overload]
+                    model=self.model, messages=cast("list[ChatCompletionMessageParam]", messages), stream=True,
                     stream_options={"include_usage": True})
                 chunks = aiter(stream)
                 async for chunk in chunks:
                     piece = self._take(chunk, turn)
                     if piece:
                         return stream, chunks, piece
-            raise _Retryable(f"the model backend at {self.base_url} ended the reply before its first token")
+            raise _Retryable("the model backend ended the reply before its first token")
         except TimeoutError:
             await self._close(stream)
             raise _Retryable(f"the model sent no token within {s.llm_first_token_timeout_s:g} s "
                              "(CHAT_LLM_FIRST_TOKEN_TIMEOUT_S)") from None
-        except openai.APIConnectionError:
+        except openai.APIConnectionError as e:
             await self._close(stream)
-            raise _Retryable(f"model backend unreachable at {self.base_url}") from None
+            self._log_failure("unreachable", e)
+            raise _Retryable("model backend unreachable: check OPENAI_BASE_URL (the address is in the "
+                             "server's log)") from None
         except openai.APIStatusError as e:
             await self._close(stream)
             if e.status_code == 429 or e.status_code >= 500:
@@ -136,7 +140,7 @@ class OpenAIBackend:
             hints = {
                 401: "check OPENAI_API_KEY",
                 403: f"the API key may not use model {self.model!r}",
-                404: f"check CHAT_MODEL ({self.model!r}) and OPENAI_BASE_URL ({self.base_url})",
+                404: f"check CHAT_MODEL ({self.model!r}) and OPENAI_BASE_URL",
                 429: "rate limited or out of quota",
             }
             hint = hints.get(e.status_code) or ("the model server failed" if e.status_code >= 500 else "")
@@ -147,6 +151,12 @@ class OpenAIBackend:
 
     def _redact(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
+
+    def _log_failure(self, what: str, e: BaseException) -> None:
+        # The detail (the backend's address, the HTTP library's error) is for the operator; a
+        # reply's `error` reaches the client, and names no internal address or credentials.
+        log.warning("model backend at %s %s: %s", _without_credentials(self.base_url), what,
+                    self._redact(f"{type(e).__name__}: {e}"))
 
     @staticmethod
     async def _close(stream: Any) -> None:
@@ -170,3 +180,11 @@ class OpenAIBackend:
 
     async def aclose(self) -> None:
         await self.client.close()
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=f"***@{host}" + (f":{parts.port}" if parts.port else "")))

@@ -1,0 +1,82 @@
+"""Logging for chat-server: one handler, one format, and no credential in any line.
+
+A token is a credential (in open mode it *is* the account), and uvicorn logs a socket's request
+target with its query string (`"WebSocket /ws?token=eyJ…" [accepted]`). Redaction is done in the
+formatter of our one root handler rather than in a filter on one logger: every logger propagates
+to it (uvicorn's, websockets' frame dumps at debug, asyncio's, ours), and the formatter sees the
+final text, tracebacks included, whatever the arguments were.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+REDACTED = "[redacted]"
+
+# (a substring every match contains, lower-cased: a cheap test that skips the regex on most lines;
+#  the pattern; its replacement). Most log lines hold none, and cost a lower() and five `in`s.
+_PATTERNS = [
+    # ?token=… / &access_token=… / api_key=… in a query string or anywhere else.
+    ("=", re.compile(r"((?:^|[?&\s\"'(])(?:token|access_token|api_key|apikey|key|secret)=)[^&\s\"'<>]+", re.I),
+     r"\1" + REDACTED),
+    # Authorization: Bearer …, as a header line, a repr'd tuple or a dict.
+    ("authorization", re.compile(
+        r"(\bauthorization\b['\"]?\s*[:=,]\s*b?['\"]?\s*)[^\s'\",)]+(?:\s+[^\s'\",)]+)?", re.I), r"\1" + REDACTED),
+    ("bearer", re.compile(r"(\bbearer\s+)[A-Za-z0-9._~+/=-]+", re.I), r"\1" + REDACTED),
+    # Any JWT (header.payload.signature), wherever it appears: the ready frame at debug level, say.
+    ("eyj", re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*)?"), REDACTED),
+    # A password in a URL: scheme://user:password@host.
+    ("://", re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@", re.I), r"\1" + REDACTED + "@"),
+]
+
+_secrets: set[str] = set()
+
+
+def add_secret(value: str | None) -> None:
+    """A value that must never be logged verbatim (CHAT_AUTH_SECRET, OPENAI_API_KEY, …)."""
+    if value and len(value) >= 4:
+        _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    for secret in sorted(_secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    lowered = text.lower()
+    for trigger, pattern, replacement in _PATTERNS:
+        if trigger in lowered:
+            text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class ClientFaultsWithoutTraceback(logging.Filter):
+    """uvicorn logs a client's invalid UTF-8 as an error with a traceback; it is the client's fault
+    (answered with 1007), so one warning line, or any client could flood the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Invalid UTF-8 sequence received from client"):
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    logging.getLogger("uvicorn.error").addFilter(ClientFaultsWithoutTraceback())
+    logging.getLogger("uvicorn.error").setLevel(max(logging.INFO, root.level))
+    # Our own lines say what was migrated and what the model backend did.
+    for noisy in ("alembic", "httpx", "httpx2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
