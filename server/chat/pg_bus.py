@@ -230,10 +230,14 @@ class PgReplyBus(LocalReplyBus):
 
     async def shut_down(self, timeout_s: float) -> None:
         await super().shut_down(timeout_s)
+        await self.close()  # sends what waits: remote followers hear `interrupted`
+
+    async def close(self) -> None:
         if self._checker is not None:
             self._checker.cancel()
+            self._checker = None
         if self.channel is not None:
-            await self.channel.close()  # sends what waits: remote followers hear `interrupted`
+            await self.channel.close()
 
     # -- receiving ---------------------------------------------------------------------------------------
     def _received(self, records: list[list[Any]]) -> None:

@@ -72,8 +72,8 @@ class Services:
         return services
 
     async def close(self) -> None:
-        if isinstance(self.bus, PgReplyBus) and self.bus.channel is not None:
-            await self.bus.channel.close()
+        if isinstance(self.bus, PgReplyBus):
+            await self.bus.close()
         if self.heartbeat is not None:
             await self.heartbeat.close()  # the lease goes at once: nothing of ours is left to sweep
         await self.backend.aclose()

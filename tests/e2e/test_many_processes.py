@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -352,3 +353,75 @@ async def _pg_rows(sql: str, db: str) -> list[tuple]:
         return [tuple(r) for r in await conn.fetch(sql)]
     finally:
         await conn.close()
+
+
+# -- starting together -----------------------------------------------------------------------------
+def test_three_processes_starting_at_once_on_a_fresh_database_each_keep_a_lease(make_server, tmp_root):
+    first = make_server("postgres", start=False)
+    others = [ServerProcess(first.db_url, {}, Path(tempfile.mkdtemp(prefix="srv-n-", dir=tmp_root)))
+              for _ in range(2)]
+    servers = [first, *others]
+    try:
+        barrier = threading.Barrier(len(servers))
+        failures: list[BaseException] = []
+
+        def start(server: ServerProcess) -> None:
+            barrier.wait()
+            try:
+                server.start(timeout=60)
+            except BaseException as e:  # reported below
+                failures.append(e)
+
+        threads = [threading.Thread(target=start, args=(s,)) for s in servers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failures == []
+        rows = asyncio.run(_pg_rows("SELECT count(*) FROM process_leases", dbname(first)))
+        assert rows == [(3,)]
+        assert not any("interrupted" in s.log_text() for s in servers), "no one took another for dead"
+
+        async def a_turn_each() -> None:
+            c = await Client.open(first)
+            try:
+                for s in servers:
+                    other = await Client.open(s, token=c.token)
+                    await other.complete("hello from " + s.base_url, conversation_id=None)
+                    await other.close()
+            finally:
+                await c.close()
+
+        asyncio.run(a_turn_each())
+    finally:
+        for s in others:
+            s.kill()
+
+
+@aio
+async def test_a_process_taken_for_dead_ends_its_reply_as_the_sweep_stored_it(make_server):
+    # As when a process lost the database for longer than its lease: another one swept its reply.
+    server = make_server("postgres", CHAT_ECHO_DELAY_MS=40)
+    c, conv = await open_conversation(server)
+    try:
+        await c.message(words(60), client_id=cid(), conversation_id=conv)
+        t = await c.collect(stop_after_deltas=2)
+        await _pg_rows("WITH gone AS (DELETE FROM process_leases RETURNING owner) SELECT count(*) FROM gone",
+                       dbname(server))
+        from server.chat.sweep import LeaseTimes, sweep_dead
+        from server.config import Settings
+        from server.db.engine import make_engine
+        from server.db.uow import Database
+
+        db = Database(make_engine(Settings(database_url=server.db_url)))
+        try:
+            swept = await sweep_dead(db, "another-process", LeaseTimes(15, 1, 3, True))
+        finally:
+            await db.dispose()
+        assert [o.reply_id for o in swept] == [t.start["message_id"]]
+        r = await c.collect(timeout=30)
+        assert r.done["status"] == "interrupted" and r.done["message_id"] == t.start["message_id"], r.frames
+        replies = replies_by_message(Rest(server, c.token).all_messages(conv))[t.ack["message_id"]]
+        assert [m["status"] for m in replies] == ["interrupted"], "stored once"
+    finally:
+        await c.close()
