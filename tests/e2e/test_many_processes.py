@@ -280,37 +280,52 @@ async def test_a_follower_that_does_not_read_on_another_process_does_not_slow_th
 # -- kill -9 stress -----------------------------------------------------------------------------------
 @aio
 async def test_kill_9_stress_over_two_processes_loses_and_duplicates_nothing(pair):
-    a, b = pair(CHAT_ECHO_DELAY_MS=20)
+    """Clients spread over two processes; one is killed (-9) and restarted again and again. A
+    client whose socket dies resends its message (same client_id) to a process that is up, as a
+    real client would, until it gets its `done`."""
+    a, b = pair(CHAT_ECHO_DELAY_MS=20, CHAT_RATE_LIMIT_PER_MINUTE=100000)
     first = await Client.open(a)
     token = first.token
     await first.close()
     acked: dict[str, str] = {}  # client_id -> user message id
+    completed: dict[str, dict] = {}  # client_id -> its done
     stop = asyncio.Event()
 
     async def chatter(name: str) -> None:
-        n, conv = 0, None
-        while not stop.is_set():
-            server = a if n % 2 else b
+        n, conv, pending = 0, None, None
+        while True:
+            server = (a, b)[n % 2]
+            n += 1
+            if stop.is_set():
+                server = b  # b stays up: finish what is pending there
+                if pending is None:
+                    return
             try:
                 c = await Client.open(server, token=token)
             except Exception:
                 await asyncio.sleep(0.2)
-                n += 1
                 continue
             try:
-                while not stop.is_set():
-                    k = cid(name)
-                    await c.message(f"{name} {n} " + words(12), client_id=k, conversation_id=conv)
-                    t = await c.collect(timeout=20)
+                while pending is not None or not stop.is_set():
+                    if pending is None:
+                        pending = cid(name)
+                    await c.message(f"{name} {n} {pending} " + words(12), client_id=pending, conversation_id=conv)
+                    t = await c.collect(timeout=30)
                     if t.ack is not None:
-                        acked[k] = t.ack["message_id"]
+                        acked[pending] = t.ack["message_id"]
                         conv = t.ack["conversation_id"]
-                    n += 1
+                    if t.done is not None:
+                        assert t.done["status"] == "complete", t.frames
+                        completed[pending] = t.done
+                        pending = None
+                    elif t.error is not None and t.error["code"] != "unavailable":
+                        raise AssertionError(t.frames)
+            except (AssertionError, KeyError):
+                raise
             except Exception:
-                pass
+                pass  # the socket died with its process: resend elsewhere
             finally:
                 await c.close()
-            n += 1
 
     tasks = [asyncio.ensure_future(chatter(f"s{i}")) for i in range(6)]
     for _ in range(3):
@@ -320,28 +335,31 @@ async def test_kill_9_stress_over_two_processes_loses_and_duplicates_nothing(pai
         a.start()
     await asyncio.sleep(1.5)
     stop.set()
-    await asyncio.wait(tasks, timeout=30)
-    assert len(acked) > 20
+    done, _ = await asyncio.wait(tasks, timeout=90)
+    for task in done:
+        task.result()  # a chatter's assertion fails the test
+    assert len(done) == len(tasks), "every client got the done of every message it sent"
+    assert len(acked) > 20 and set(completed) == set(acked)
 
     rest = Rest(b, token)
 
-    def check() -> tuple[list[str], dict[str, int]]:
-        unanswered, seen = [], {}
-        for conversation in rest.conversations():
-            messages = rest.all_messages(conversation["id"])
-            replies = replies_by_message(messages)
-            for m in messages:
-                if m["role"] == "user":
-                    seen[m["client_id"]] = seen.get(m["client_id"], 0) + 1
-                    if m["id"] not in replies:
-                        unanswered.append(m["id"])
-        return unanswered, seen
+    def stored() -> list[dict]:
+        return [m for conversation in rest.conversations() for m in rest.all_messages(conversation["id"])]
 
-    unanswered, seen = await poll(lambda: check(), lambda r: not r[0], timeout=40)
-    assert not unanswered, "every acknowledged message ends with a stored reply"
-    assert all(count == 1 for count in seen.values()), "no message stored twice"
-    for k, message_id in acked.items():
-        assert seen.get(k) == 1, (k, message_id)
+    def unanswered(messages: list[dict]) -> list[str]:
+        replies = replies_by_message(messages)
+        return [m["id"] for m in messages if m["role"] == "user" and m["id"] not in replies]
+
+    messages = await poll(stored, lambda ms: not unanswered(ms), timeout=40)
+    assert not unanswered(messages), "every acknowledged message ends with a stored reply"
+    users = [m for m in messages if m["role"] == "user"]
+    assert sorted(m["client_id"] for m in users) == sorted(acked), "nothing lost, nothing stored twice"
+    replies = replies_by_message(messages)
+    for m in users:
+        final = [r for r in replies[m["id"]] if r["status"] != "interrupted"]
+        assert [r["id"] for r in final] == [completed[m["client_id"]]["message_id"]], replies[m["id"]]
+        assert final[0]["content"] == completed[m["client_id"]]["content"]
+    assert len({r["id"] for rs in replies.values() for r in rs}) == sum(len(rs) for rs in replies.values())
 
 
 async def _pg_rows(sql: str, db: str) -> list[tuple]:
