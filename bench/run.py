@@ -314,8 +314,9 @@ def ratio_text(check: tuple[str, float | None, str, str]) -> str:
 
 
 def print_load(db: str, summary: dict[str, Any], args: argparse.Namespace, sockets: int) -> None:
+    processes = f", chat-server as {args.processes} processes (CPU summed)" if args.processes > 1 else ""
     print(f"\n{DB_LABEL[db]}: {sockets} sockets x {args.turns} turns, {args.words} words, "
-          f"{args.rounds} round(s); median (min–max)")
+          f"{args.rounds} round(s){processes}; median (min–max)")
     print(f"{'server':<12} {'turns/s':<24} {'done p99 ms':<24} {'ack p99 ms':<24} {'CPU ms/turn':<20} failures")
     for server in SERVERS:
         s = summary[server]
