@@ -443,3 +443,23 @@ async def test_a_process_taken_for_dead_ends_its_reply_as_the_sweep_stored_it(ma
         assert [m["status"] for m in replies] == ["interrupted"], "stored once"
     finally:
         await c.close()
+
+
+@aio
+async def test_with_pg_notify_off_one_process_still_sweeps_what_a_killed_one_left(make_server):
+    # CHAT_PG_NOTIFY=false (PgBouncer in transaction mode): no LISTEN session, so a death shows
+    # only when the lease runs out; the restart stores the reply within the contract's 30 s.
+    server = make_server("postgres", CHAT_ECHO_DELAY_MS=100, CHAT_PG_NOTIFY="false", CHAT_LEASE_S=5)
+    c, conv = await open_conversation(server)
+    await c.message(words(100), client_id=cid(), conversation_id=conv)
+    t = await c.collect(stop_after_deltas=2)
+    server.kill()
+    await c.close()
+    server.start()
+    started = time.monotonic()
+    messages = await poll(lambda: Rest(server, c.token).all_messages(conv), lambda ms: len(ms) >= 4, timeout=30)
+    assert [(m["role"], m["status"]) for m in messages][2:] == [("user", "complete"), ("assistant", "interrupted")]
+    assert messages[3]["id"] == t.start["message_id"] and time.monotonic() - started < 30
+    listening = await _pg_rows("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'chat-server %' "
+                               "AND datname = current_database()", dbname(server))
+    assert listening == [(0,)], "no LISTEN connection"
