@@ -154,6 +154,9 @@ class PgReplyBus(LocalReplyBus):
                 out.append(mirror.reply.listing())
             elif owner != self.owner:  # seq: what is known here (nothing)
                 out.append({"conversation_id": conversation_id, "message_id": rid, "reply_to": message_id, "seq": 0})
+        listed = {item["message_id"] for item in out}
+        # Ours whose record could not be written (the database failed at that moment) are in flight too.
+        out += [reply.listing() for reply in self.in_flight(user_id) if reply.id not in listed]
         return out
 
     def _mirror(self, reply_id: str, user_id: str, conversation_id: str, reply_to: str, owner: str) -> Mirror:
