@@ -29,7 +29,7 @@ FINISHED = "f"  # [f, reply_id, status, seq, error]: stored (status) or not (a f
 GONE = "g"  # [g, reply_id]: not in flight here (stored, or never was)
 
 
-def encode(record: list[Any]) -> bytes:
+def encode(record: list[Any] | str) -> bytes:
     return orjson.dumps(record)
 
 
@@ -61,7 +61,8 @@ def pieces_records(reply_id: str, first_seq: int, pieces: list[str], limit: int 
     budget = limit - 2
     overhead = len(encode([PIECES, reply_id, 0, [], 0, 0])) + 12  # the seq's digits, commas
     out: list[bytes] = []
-    seq, batch, size = first_seq, [], overhead
+    batch: list[str] = []
+    seq, size = first_seq, overhead
     start = first_seq
     continued = 0
 

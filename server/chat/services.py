@@ -5,6 +5,7 @@ The one place where the parts are built and wired together."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
@@ -86,6 +87,7 @@ async def _start_many_processes(settings: Settings, db: Database, owner: str) ->
     so that other processes see this one's session as soon as they see its lease."""
     times = LeaseTimes(settings.lease_s, settings.heartbeat_s, settings.lease_grace_s, settings.pg_notify)
     bus: ReplyBus
+    on_swept: Callable[[list[Orphan]], Awaitable[None]]
     if settings.pg_notify:
         pg_bus = PgReplyBus(settings.detached_reply_s, settings.max_detached_replies, db, owner,
                             settings.lease_grace_s)

@@ -69,7 +69,7 @@ async def sweep_at_start(db: Database, owner: str, times: LeaseTimes) -> list[Or
     swept = await sweep_dead(db, owner, times)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + times.grace_s + 1
-    while loop.time() < deadline and await db.read(lambda store: leases.suspects(store, owner, times.grace_s)):
+    while loop.time() < deadline and await db.read(lambda store: leases.suspects(store, owner, times.grace_s) > 0):
         await asyncio.sleep(0.25)
         swept += await sweep_dead(db, owner, times)
     swept += await sweep_dead(db, owner, times)
