@@ -62,6 +62,9 @@ CHAT_ENV = {  # the benchmark settings: echo without a pause, no abuse limits in
     "CHAT_ECHO_DELAY_MS": "0",
     "CHAT_RATE_LIMIT_PER_MINUTE": "1000000",
     "CHAT_MAX_FRAMES_PER_SECOND": "100000",
+    "CHAT_OPEN_MODE_USERS_PER_MINUTE": "0",  # every benchmark socket is a new user from 127.0.0.1
+    "CHAT_HTTP_REQUESTS_PER_MINUTE": "0",
+    "CHAT_HTTP_REQUESTS_PER_MINUTE_PER_ADDRESS": "0",
 }
 
 
@@ -168,7 +171,7 @@ def server_command(args: argparse.Namespace, server: str, port: int, db_urls: tu
     if server == "chat-server" or args.baseline:
         env.update(CHAT_ENV, CHAT_DATABASE_URL=db_urls[0])
         env.update(kv.split("=", 1) for kv in args.server_env)
-        binary = args.chat_server if server == "chat-server" else args.baseline
+        binary = args.chat_server if server == "chat-server" else os.path.abspath(args.baseline)
         return [binary, "--host", "127.0.0.1", "--port", str(port)], env
     return [sys.executable, str(CEILING), "--db", db_urls[1], "--port", str(port)], env
 

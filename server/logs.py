@@ -1,10 +1,16 @@
-"""Logging for chat-server: one handler, one format, and no credential in any line.
+"""Logging for chat-server: one handler, one format, one line per record, and no credential in
+any line.
 
 A token is a credential (in open mode it *is* the account), and uvicorn logs a socket's request
 target with its query string (`"WebSocket /ws?token=eyJ…" [accepted]`). Redaction is done in the
 formatter of our one root handler rather than in a filter on one logger: every logger propagates
 to it (uvicorn's, websockets' frame dumps at debug, asyncio's, ours), and the formatter sees the
 final text, tracebacks included, whatever the arguments were.
+
+One record, one line: what a client sent cannot forge a log line. Our own lines show client
+values with %r; as the backstop for every logger (uvicorn logs a socket's path URL-decoded, so a
+%0A in it is a newline), control characters in a record's arguments are escaped (a newline shows
+as the two characters \\ and n). The format string and tracebacks are ours and are left alone.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ _PATTERNS = [
     ("://", re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@", re.I), r"\1" + REDACTED + "@"),
 ]
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+
 _secrets: set[str] = set()
 
 
@@ -51,8 +59,16 @@ def redact(text: str) -> str:
     return text
 
 
+def one_line(value: object) -> object:
+    if isinstance(value, str) and _CONTROL.search(value):
+        return _CONTROL.sub(lambda m: repr(m.group())[1:-1], value)
+    return value
+
+
 class RedactingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(one_line(a) for a in record.args)
         return redact(super().format(record))
 
 

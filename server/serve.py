@@ -22,7 +22,6 @@ from server.app import ChatApp
 from server.config import Settings
 from server.db.migrate import upgrade_to_head
 from server.operator_errors import OperatorError, explain_database_error
-from server.web import log_safety
 from server.web.http_protocols import http_protocol
 from server.web.ws_protocol import ChatWebSocketProtocol
 
@@ -195,7 +194,6 @@ async def last_server_mode(settings: Settings) -> str | None:
 
 
 async def serve(settings: Settings, host: str, port: int) -> None:
-    log_safety.install()  # what a client sends cannot forge a log line (server/web/log_safety.py)
     sock = listen(host, port)
     try:
         await prepare_database(settings)

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from server.db import leases
 from server.db.store import Claim, Message, ReplyMeta, Store, new_id, utcnow
 from server.db.uow import Database, DatabaseUnavailable
-from server.protocol.frames import ABSENT, MessageFrame
+from server.protocol.frames import ABSENT, MessageFrame, known_id
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ async def _append_to_conversation(db: Database, user_id: str, frame: MessageFram
                                   current: str | None, claim: Claim) -> Accepted | None:
     """The common case in one statement: a new message to a conversation the user has."""
     conversation_id = frame.conversation_id if frame.conversation_id is not ABSENT else current
-    if conversation_id is None:
+    if conversation_id is None or not known_id(conversation_id):
         return None
 
     def work(store: Store) -> Message | None:
@@ -82,6 +82,8 @@ def _accept(user_id: str, frame: MessageFrame, current: str | None, claim: Claim
         explicit = frame.conversation_id is not ABSENT
         conversation_id = frame.conversation_id if explicit else current
         seq = None
+        if explicit and conversation_id is not None and not known_id(conversation_id):
+            raise ConversationNotFound(conversation_id)  # longer than any id: no query
         if conversation_id is not None:
             seq = store.next_seq(conversation_id, user_id, now)
             if seq is None and explicit:

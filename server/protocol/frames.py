@@ -123,7 +123,10 @@ def _message(obj: dict[str, Any], max_chars: int) -> MessageFrame:
     if conversation_id is not ABSENT and conversation_id is not None:
         if not isinstance(conversation_id, str):
             raise FrameError(ErrorCode.INVALID, "conversation_id must be a string or null", echo_id)
-        if not known_id(conversation_id):
+        # A NUL or a lone surrogate can name nothing. A too-long id cannot either, but the message
+        # may be a resend, whose conversation_id is ignored: that one is answered after the
+        # client_id check, without a query (turns.py).
+        if not storable(conversation_id):
             raise FrameError(ErrorCode.NOT_FOUND, NO_SUCH_CONVERSATION, echo_id)
     if "content" not in obj:
         raise FrameError(ErrorCode.INVALID, "message needs a string field 'content'", echo_id)

@@ -51,6 +51,24 @@ class RequestDeadline:
     def _request_whole(self) -> bool:
         raise NotImplementedError
 
+    # Placed before uvicorn's protocol in the bases: these run, then hand on to it.
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self._writing_resumed()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def pause_writing(self) -> None:
+        super().pause_writing()  # type: ignore[misc]
+        self._writing_paused()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()  # type: ignore[misc]
+        self._writing_resumed()
+
     def _writing_paused(self) -> None:
         if self._slow_timer is None:
             self._slow_timer = self.loop.call_later(self.slow_reader_s, self._slow_reader)
@@ -75,23 +93,6 @@ class RequestDeadline:
 
 
 class H11WithDeadline(RequestDeadline, H11Protocol):
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        self._writing_resumed()
-        super().connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        self._writing_paused()
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        self._writing_resumed()
-
     def _request_whole(self) -> bool:
         # h11: IDLE until the request line and headers are in, SEND_BODY until the body is.
         return self.conn.their_state not in (h11.IDLE, h11.SEND_BODY)
@@ -119,23 +120,6 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
 
     class HttpToolsWithDeadline(RequestDeadline, HttpToolsProtocol):
         _whole = False
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            self._writing_resumed()
-            super().connection_lost(exc)
-
-        def pause_writing(self) -> None:
-            super().pause_writing()
-            self._writing_paused()
-
-        def resume_writing(self) -> None:
-            super().resume_writing()
-            self._writing_resumed()
 
         def _request_whole(self) -> bool:
             return self._whole

@@ -36,23 +36,18 @@ class Socket:
         await self._send({"type": "websocket.accept"})
         self.open = True
 
-    async def refuse(self, reason: str = "", status: int = 403) -> None:
+    async def refuse(self, reason: str = "", status: int = 403, headers: dict[str, str] | None = None) -> None:
         """Before accept: HTTP `status` whose body is `reason` (the "websocket.http.response" ASGI
         extension), so that wscat and browsers' devtools show why; without the extension, a close
-        1008 with the reason (uvicorn then answers an empty 403)."""
+        with the reason: 1013 for a 429, 1001 for a 503, else 1008 (uvicorn then answers an empty 403)."""
         if self.http_response:
+            raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
             await self._send({"type": "websocket.http.response.start", "status": status,
-                              "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+                              "headers": [(b"content-type", b"text/plain; charset=utf-8"), *raw]})
             await self._send({"type": "websocket.http.response.body", "body": reason.encode()})
         else:
-            await self._send({"type": "websocket.close", "code": 1008, "reason": reason})
-
-    async def refuse_http(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
-        """Before accept: answer the handshake with this HTTP status (ASGI websocket.http.response)."""
-        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
-        await self._send({"type": "websocket.http.response.start", "status": status,
-                          "headers": [(b"content-type", b"text/plain; charset=utf-8"), *raw]})
-        await self._send({"type": "websocket.http.response.body", "body": detail.encode()})
+            code = {429: 1013, 503: 1001}.get(status, 1008)
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
     # -- frames --------------------------------------------------------------------------------
     async def receive(self) -> Incoming:
@@ -72,9 +67,15 @@ class Socket:
         """Send a frame, or raise Disconnected; a client that does not read is cut off."""
         if not self.open:
             raise Disconnected()
+        message = {"type": "websocket.send", "text": encode(frame)}
         try:
+            if self.writable():
+                # The transport takes it now: nothing to time out, and arming a timer per frame
+                # was a tenth of a turn's CPU.
+                await self._send(message)
+                return
             async with asyncio.timeout(self._send_timeout_s):
-                await self._send({"type": "websocket.send", "text": encode(frame)})
+                await self._send(message)
         except TimeoutError:
             log.warning("client did not read for %.1fs; dropping the connection", self._send_timeout_s)
             self.abort()

@@ -40,7 +40,7 @@ async def handle_socket(scope: Scope, receive, send, svc: Services,  # type: ign
     if not await sock.wait_connect():
         return
     if svc.hub.shutting_down:
-        await sock.refuse("shutting down")
+        await sock.refuse("shutting down", 503)  # not an auth refusal: a client should retry elsewhere
         return
     if not origin_allowed(_header(scope, b"origin"), _header(scope, b"host"), svc.settings.allowed_origins):
         # Escaped, not %r: a newline cannot forge a log line, and the line reads as before.
@@ -61,7 +61,7 @@ async def handle_socket(scope: Scope, receive, send, svc: Services,  # type: ign
         identity = svc.auth.identify(token)
     except TooMany as e:
         log.info("refused a socket from %r: %s", scope.get("client"), e)
-        await sock.refuse_http(429, str(e), e.headers)
+        await sock.refuse(str(e), 429, e.headers)
         return
     except AuthError as e:
         log.info("refused a socket: %r", str(e))

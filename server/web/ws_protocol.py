@@ -211,6 +211,15 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
             self.slow_timer = None
         super().connection_lost(exc)
 
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
+            # A handshake refused with our own HTTP response (403 with its reason, 429) is complete;
+            # uvicorn does not mark it so and logs "ASGI callable returned without completing
+            # handshake" at ERROR for every refusal (an upstream bug), which a client could repeat
+            # to flood the log.
+            self.handshake_complete = True
+
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         # The scope has the headers now. websockets' parser keeps the Request for the

@@ -44,7 +44,7 @@ def test_identity_is_kept_and_conversations_are_chosen(chat_server):
             assert (await chat.send("three")).conversation_id == second.conversation_id
             token, user_id = chat.token, chat.user_id
         async with ChatClient(chat_server.ws_url, token=token, conversation_id=first.conversation_id) as again:
-            assert again.user_id == user_id and again.token == token
+            assert again.user_id == user_id and again.token  # the same user, with a fresh token (open mode)
             assert (await again.send("four")).conversation_id == first.conversation_id
             assert [m.content for m in await again.history()][-2:] == ["four", ECHO + "four"]
 

@@ -41,7 +41,7 @@ def test_a_failing_test_shows_the_server_log(tmp_path: Path):
         "    assert False, 'on purpose'\n")
     result = run_pytest(tmp_path)
     assert result.returncode == 1, result.stdout
-    assert "chat-server log (http://127.0.0.1:" in result.stdout and "Uvicorn running on" in result.stdout
+    assert "chat-server log (http://127.0.0.1:" in result.stdout and "chat-server on http://" in result.stdout
 
 
 def test_pytest_asyncio_tests_work_too(tmp_path: Path):

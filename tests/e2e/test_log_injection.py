@@ -1,6 +1,6 @@
 """What a client sends cannot forge a line of the server's log, nor put its token there.
 
-Our log lines show client values with %r; server/web/log_safety.py escapes control characters in
+Our log lines show client values with %r; server/logs.py escapes control characters in
 the arguments of every record (uvicorn's too: it logs a WebSocket's path URL-decoded, with its
 query string) and masks ?token= values."""
 

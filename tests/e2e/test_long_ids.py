@@ -33,9 +33,22 @@ async def test_a_too_long_conversation_id_is_not_found_everywhere(server):
 
 
 @aio
+async def test_a_resend_naming_a_too_long_conversation_is_still_a_duplicate(server):
+    failures = server.metric("chat_db_commit_failures_total")
+    c = await Client.open(server)
+    try:
+        k = cid()
+        first = await c.complete("the original", client_id=k)
+        t = await c.turn("other words", client_id=k, conversation_id=LONG)
+        assert t.ack["duplicate"] is True and t.ack["conversation_id"] == first.ack["conversation_id"]
+        assert t.done == first.done
+    finally:
+        await c.close()
+    assert server.metric("chat_db_commit_failures_total") == failures
+
+
+@aio
 async def test_a_too_long_conversation_id_in_the_url_is_not_found(server):
-    # Passes today (a SELECT with a longer value finds nothing); connection.py's _resolve_start
-    # should still call frames.known_id rather than frames.storable, so that no query runs.
     c = await Client.open(server, conversation_id=LONG)
     try:
         assert c.ready["conversation_id"] is None

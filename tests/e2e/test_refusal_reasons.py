@@ -56,3 +56,11 @@ async def test_a_refused_token_gets_403_with_the_reason(token_server, case, reas
 @aio
 async def test_a_refused_origin_gets_403_with_the_reason(token_server):
     assert await refused(token_server, mint(), origin="https://evil.example") == (403, "origin not allowed")
+
+
+@aio
+async def test_a_refusal_is_one_info_line_not_an_error(token_server):
+    before = token_server.log_text().count("ERROR")
+    for _ in range(3):
+        assert (await refused(token_server, "garbage-token-value"))[0] == 403
+    assert token_server.log_text().count("ERROR") == before, token_server.log_tail(10)

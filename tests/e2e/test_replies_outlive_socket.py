@@ -4,10 +4,13 @@ kill -9."""
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 
 import pytest
 from support.client import Client, Rest, aio, cid, poll, words
+from websockets.asyncio.client import connect
 
 
 def stored_messages(server, token: str, conversation_id: str) -> list[dict]:
@@ -286,3 +289,29 @@ async def test_history_without_a_conversation_id_uses_the_sockets_current_one(se
         assert [m["id"] for m in h["messages"]] == [t.ack["message_id"], t.done["message_id"]]
     finally:
         await c.close()
+
+
+@aio
+async def test_a_follower_that_stops_reading_is_cut_off_without_slowing_the_reply(db, make_server):
+    # A reply that waited for the stalled tab would wait SEND_TIMEOUT_S before it is cut off: longer
+    # than each turn is given here.
+    server = make_server(db, CHAT_SEND_TIMEOUT_S=8, CHAT_ECHO_DELAY_MS=0)
+    a = await Client.open(server)
+    # Another tab of the same user that never reads, with a tiny receive buffer: six ~1 MB replies
+    # are more than the kernel's buffers hold for it (up to 4 MB), so the server's sends to it wait.
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(("127.0.0.1", server.port))
+    stalled = await connect(f"{server.ws_url}?sync=1&token={a.token}", sock=raw, max_size=None,
+                            ping_interval=None, close_timeout=1, compression=None)
+    assert json.loads(await stalled.recv())["type"] == "ready"
+    try:
+        for i in range(6):
+            t = await a.turn(f"{i} " + "x " * 15_000, client_id=cid(), timeout=6)
+            assert t.done["status"] == "complete" and len(t.deltas) > 15_000, "the replies went on"
+        assert await poll(lambda: server.metric("chat_sockets_open"), lambda n: n == 1, timeout=30) == 1, \
+            "the follower that stopped reading was cut off"
+        await a.complete("and the reader goes on")
+    finally:
+        stalled.transport.abort()
+        await a.close()

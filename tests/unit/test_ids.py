@@ -15,8 +15,14 @@ def test_known_id_takes_uuids_and_refuses_longer_ids_and_nul():
     assert not known_id("x" * (MAX_ID_CHARS + 1)) and not known_id("a\x00b")
 
 
+def test_a_message_naming_a_too_long_conversation_is_parsed_so_a_resend_stays_a_duplicate():
+    # Its not_found comes from the turn, after the client_id check and without a query (turns.py).
+    frame = parse(json.dumps({"type": "message", "content": "hi", "conversation_id": "c" * 37, "client_id": "k"}),
+                  100)
+    assert frame.conversation_id == "c" * 37
+
+
 @pytest.mark.parametrize("frame", [
-    {"type": "message", "content": "hi", "conversation_id": "c" * 37, "client_id": "k1"},
     {"type": "history", "conversation_id": "c" * 37},
 ])
 def test_a_frame_naming_a_too_long_conversation_is_not_found(frame):

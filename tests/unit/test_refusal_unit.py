@@ -31,7 +31,7 @@ def test_reasons_name_the_problem():
     assert reason(jwt.encode({"iat": 1}, SECRET, algorithm="HS256")) == "invalid token: no sub claim"
 
 
-def refusal(http_response: bool) -> list[dict[str, object]]:
+def refusal(http_response: bool, status: int = 403) -> list[dict[str, object]]:
     sent: list[dict[str, object]] = []
 
     async def send(event: dict[str, object]) -> None:
@@ -40,7 +40,7 @@ def refusal(http_response: bool) -> list[dict[str, object]]:
     async def receive() -> dict[str, object]:
         raise AssertionError
 
-    asyncio.run(Socket(receive, send, 1.0, http_response=http_response).refuse("token expired"))
+    asyncio.run(Socket(receive, send, 1.0, http_response=http_response).refuse("token expired", status))
     return sent
 
 
@@ -49,3 +49,10 @@ def test_refuse_answers_403_with_the_reason_as_body_or_closes_1008_with_it():
     assert start["type"] == "websocket.http.response.start" and start["status"] == 403
     assert body == {"type": "websocket.http.response.body", "body": b"token expired"}
     assert refusal(http_response=False) == [{"type": "websocket.close", "code": 1008, "reason": "token expired"}]
+
+
+@pytest.mark.parametrize("status, code", [(429, 1013), (503, 1001)])
+def test_too_many_and_shutting_down_are_not_auth_refusals(status, code):
+    start, _ = refusal(http_response=True, status=status)
+    assert start["status"] == status
+    assert refusal(http_response=False, status=status)[0]["code"] == code
