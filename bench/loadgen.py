@@ -75,14 +75,22 @@ def raise_nofile_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds."""
+def cpu_seconds(pids: str) -> float:
+    """utime + stime of the processes (comma-separated pids), in seconds."""
+    return sum(_cpu_seconds(int(pid)) for pid in pids.split(","))
+
+
+def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()  # fields from #3 (state) on
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_kib(pid: int) -> int:
+def rss_kib(pids: str) -> int:
+    return sum(_rss_kib(int(pid)) for pid in pids.split(","))
+
+
+def _rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
@@ -117,7 +125,8 @@ async def open_all(url: str, n: int, timeout: float, stats: Stats, failed_weight
                    deflate: bool) -> list[ClientConnection]:
     """Open n sockets; each one that fails counts failed_weight failures."""
     gate = asyncio.Semaphore(HANDSHAKE_CONCURRENCY)
-    results = await asyncio.gather(*(open_socket(url, timeout, gate, deflate) for _ in range(n)),
+    urls = url.split(",")  # several processes: sockets spread over them, round robin
+    results = await asyncio.gather(*(open_socket(urls[i % len(urls)], timeout, gate, deflate) for i in range(n)),
                                    return_exceptions=True)
     sockets = []
     for r in results:
@@ -296,12 +305,13 @@ def print_summary(r: dict[str, Any]) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Load generator for the chat.v1 WebSocket server.")
-    p.add_argument("--url", default="ws://127.0.0.1:8000/ws")
+    p.add_argument("--url", default="ws://127.0.0.1:8000/ws",
+                   help="the server's /ws; several, comma-separated: sockets are spread over them")
     p.add_argument("--sockets", type=int, default=50)
     p.add_argument("--turns", type=int, default=10, help="turns per socket")
     p.add_argument("--words", type=int, default=20, help="words per message (plus a tag)")
     p.add_argument("--idle", type=int, metavar="N", help="idle mode: hold N sockets")
-    p.add_argument("--pid", type=int, help="server process id, for CPU and RSS")
+    p.add_argument("--pid", help="server process id(s), comma-separated, for CPU and RSS (summed)")
     p.add_argument("--deflate", action="store_true",
                    help="offer permessage-deflate, as browsers do (default: off, as the ceiling runs)")
     p.add_argument("--followers", action="store_true",

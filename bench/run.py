@@ -14,6 +14,7 @@ database, the ratios chat-server/ceiling, and PASS/FAIL against the targets:
     .venv/bin/python bench/run.py --db both --sweep 10,50,200 --idle 10000 --markdown results.md
     .venv/bin/python bench/run.py --idle 2000 --no-load     # idle sockets only
     .venv/bin/python bench/run.py --quick                   # CI smoke: everything runs, exit 0
+    .venv/bin/python bench/run.py --db postgres --processes 2   # two chat-server processes, one database
     .venv/bin/python bench/run.py --db both --baseline /tmp/old/.venv/bin/chat-server   # A/B two builds
     .venv/bin/python bench/run.py --baseline .venv/bin/chat-server --followers          # a follower's cost
 
@@ -175,8 +176,9 @@ def server_command(args: argparse.Namespace, server: str, port: int, db_urls: tu
     return [sys.executable, str(CEILING), "--db", db_urls[1], "--port", str(port)], env
 
 
-def loadgen(args: argparse.Namespace, port: int, pid: int, mode: list[str]) -> dict[str, Any]:
-    argv = [sys.executable, str(LOADGEN), "--url", f"ws://127.0.0.1:{port}/ws", "--pid", str(pid),
+def loadgen(args: argparse.Namespace, ports: list[int], pids: list[int], mode: list[str]) -> dict[str, Any]:
+    urls = ",".join(f"ws://127.0.0.1:{port}/ws" for port in ports)  # sockets spread over the processes
+    argv = [sys.executable, str(LOADGEN), "--url", urls, "--pid", ",".join(map(str, pids)),
             "--json", "--timeout", str(args.timeout), *mode]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=args.timeout * max(args.turns, 1) + 300)
     if out.returncode not in (0, 1) or not out.stdout.strip():
@@ -185,14 +187,19 @@ def loadgen(args: argparse.Namespace, port: int, pid: int, mode: list[str]) -> d
 
 
 def measure(args: argparse.Namespace, workdir: Path, server: str, db: str, mode: list[str]) -> dict[str, Any]:
-    """Fresh database, fresh server, one loadgen run; the loadgen's JSON (or an "error")."""
-    port = free_port()
-    log_path = Path(args.logs or workdir) / f"{server}-{db}-{port}.log"
+    """Fresh database, fresh server(s), one loadgen run; the loadgen's JSON (or an "error").
+    chat-server with --processes N: N processes on one database, the sockets spread over them."""
+    count = args.processes if server == "chat-server" else 1
+    ports = [free_port() for _ in range(count)]
+    log_paths = [Path(args.logs or workdir) / f"{server}-{db}-{port}.log" for port in ports]
     try:
-        with fresh_database(db, workdir, args.pg_url) as urls:
-            argv, env = server_command(args, server, port, urls)
-            with running(argv, env, workdir, log_path, port) as proc:
-                result = loadgen(args, port, proc.pid, mode)
+        with fresh_database(db, workdir, args.pg_url) as urls, contextlib.ExitStack() as stack:
+            procs = []
+            for port, log_path in zip(ports, log_paths, strict=True):
+                argv, env = server_command(args, server, port, urls)
+                procs.append(stack.enter_context(running(argv, env, workdir, log_path, port)))
+            result = loadgen(args, ports, [p.pid for p in procs], mode)
+            for proc, log_path in zip(procs, log_paths, strict=True):
                 if proc.poll() is not None:
                     raise RuntimeError(f"{server} died during the run:\n{tail(log_path)}")
     except Exception as e:
@@ -200,7 +207,7 @@ def measure(args: argparse.Namespace, workdir: Path, server: str, db: str, mode:
         return {"error": str(e)[:2000]}
     if result.get("failures"):
         log(f"  {server} on {db}: {result['failures']} failures {result.get('failure_reasons')}; "
-            f"server log tail:\n{tail(log_path, 5)}")
+            f"server log tail:\n{tail(log_paths[0], 5)}")
     return result
 
 
@@ -310,8 +317,9 @@ def ratio_text(check: tuple[str, float | None, str, str]) -> str:
 
 
 def print_load(db: str, summary: dict[str, Any], args: argparse.Namespace, sockets: int) -> None:
+    processes = f", chat-server as {args.processes} processes (CPU summed)" if args.processes > 1 else ""
     print(f"\n{DB_LABEL[db]}: {sockets} sockets x {args.turns} turns, {args.words} words, "
-          f"{args.rounds} round(s); median (min–max)")
+          f"{args.rounds} round(s){processes}; median (min–max)")
     print(f"{'server':<12} {'turns/s':<24} {'done p99 ms':<24} {'ack p99 ms':<24} {'CPU ms/turn':<20} failures")
     for server in SERVERS:
         s = summary[server]
@@ -472,6 +480,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--logs", metavar="DIR", help="keep the servers' logs here (default: a temporary directory)")
     p.add_argument("--timeout", type=float, default=60.0, help="loadgen's seconds per turn / connect")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="run N chat-server processes on one PostgreSQL database (ports of 127.0.0.1), "
+                        "the sockets spread over them; CPU is their sum (docs/multi-process.md)")
     p.add_argument("--baseline", metavar="CHAT_SERVER",
                    help="A/B two builds: this chat-server (e.g. an older commit's venv) runs in the ceiling's "
                         "place, with the same settings; the 'ceiling' column is then that build")
@@ -482,6 +493,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.rounds, args.sockets, args.turns, args.db = 1, 5, 3, "sqlite"
         args.idle = args.idle or 20
+    if args.processes > 1 and args.db != "postgres":
+        p.error("--processes N needs --db postgres: SQLite serves one process")
     if any("=" not in kv for kv in args.server_env):
         p.error("--server-env takes KEY=VALUE")
     return args

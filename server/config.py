@@ -71,6 +71,18 @@ class Settings(BaseSettings):
     # after a crash the sweep stores what the person saw rather than an empty reply.
     reply_checkpoint_s: float = Field(default=5.0, ge=0)
 
+    # Many processes on one PostgreSQL (docs/multi-process.md). pg_notify: the reply seam crosses
+    # processes through LISTEN/NOTIFY; turn it off for one process, or behind PgBouncer in
+    # transaction mode (LISTEN needs a session of its own). Leases are kept either way: a process
+    # renews its own every heartbeat_s; one not renewed for lease_s is dead, and so is one whose
+    # LISTEN session left PostgreSQL with its heartbeat older than lease_grace_s (kill -9).
+    pg_notify: bool = True
+    lease_s: float = Field(default=15.0, gt=0)
+    heartbeat_s: float = Field(default=1.0, gt=0)
+    lease_grace_s: float = Field(default=3.0, gt=0)
+    # Deltas of a reply followed from another process are sent at most this often, coalesced.
+    notify_tick_ms: int = Field(default=20, ge=1)
+
     llm: Literal["echo", "openai"] = "echo"
     llm_timeout_s: float = Field(default=120.0, gt=0)
     echo_delay_ms: int = Field(default=30, ge=0)

@@ -164,16 +164,27 @@ async def record_server_mode(settings: Settings) -> None:
     from datetime import UTC, datetime
 
     from sqlalchemy import delete, insert
+    from sqlalchemy.exc import IntegrityError
 
     from server.db.engine import make_engine
     from server.db.schema import server_secrets
 
     engine = make_engine(settings, pooled=False)
     try:
-        async with engine.begin() as conn:
-            await conn.execute(delete(server_secrets).where(server_secrets.c.name == MODE_MARKER))
-            await conn.execute(insert(server_secrets).values(
-                name=MODE_MARKER, value="token" if settings.token_mode else "open", created_at=datetime.now(UTC)))
+        for attempt in range(5):
+            try:
+                async with engine.begin() as conn:
+                    await conn.execute(delete(server_secrets).where(server_secrets.c.name == MODE_MARKER))
+                    await conn.execute(insert(server_secrets).values(
+                        name=MODE_MARKER, value="token" if settings.token_mode else "open",
+                        created_at=datetime.now(UTC)))
+                return
+            except IntegrityError:
+                # Processes starting at once on one database: another wrote its marker between
+                # our DELETE and INSERT. Write ours again (the last one started wins).
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
     finally:
         await engine.dispose()
 

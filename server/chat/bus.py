@@ -120,7 +120,17 @@ class ReplyBus(Protocol):
 
     def find(self, user_id: str, *, reply_id: str | None = None, reply_to: str | None = None) -> Reply | None: ...
 
-    def in_flight(self, user_id: str) -> list[Reply]: ...
+    def in_flight(self, user_id: str) -> list[Reply]:
+        """This process's replies of the user in flight."""
+        ...
+
+    async def locate(self, user_id: str, *, reply_id: str | None = None, reply_to: str | None = None) -> Reply | None:
+        """Like `find`, in any process: a reply generated elsewhere comes back as one to follow here."""
+        ...
+
+    async def listing(self, user_id: str) -> list[dict[str, Any]]:
+        """`ready.replies_in_flight`: the user's replies in flight in every process."""
+        ...
 
     def follow(self, reply: Reply, sink: Sink, after: int, *, preamble: dict[str, Any] | None = None,
                client_id: str | None = None, hold_interrupted: bool = False) -> Follower:

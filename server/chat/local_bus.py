@@ -76,6 +76,12 @@ class LocalReplyBus:
     def in_flight(self, user_id: str) -> list[Reply]:
         return list(self._by_user.get(user_id, ()))
 
+    async def locate(self, user_id: str, *, reply_id: str | None = None, reply_to: str | None = None) -> Reply | None:
+        return self.find(user_id, reply_id=reply_id, reply_to=reply_to)
+
+    async def listing(self, user_id: str) -> list[dict[str, Any]]:
+        return [reply.listing() for reply in self.in_flight(user_id)]
+
     def follow(self, reply: Reply, sink: Sink, after: int, *, preamble: dict[str, Any] | None = None,
                client_id: str | None = None, hold_interrupted: bool = False) -> Follower:
         follower = Follower(reply, sink, after, self._left, preamble=preamble, client_id=client_id,

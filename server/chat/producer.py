@@ -14,6 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from sqlalchemy.exc import IntegrityError
+
 from server import metrics
 from server.chat.backends import Backend, BackendError, ChatTurn, ContextMessage, ReplyStats
 from server.chat.bus import Outcome, Reply, ReplyBus
@@ -92,6 +94,14 @@ async def _generate_and_store(deps: ReplyDeps, reply: Reply, message: Message, r
         log.error("reply %s to %s not stored: database unavailable", reply.id, message.id, exc_info=True)
         metrics.TURNS.labels("unavailable").inc()
         return Outcome(None, ErrorCode.UNAVAILABLE)
+    except IntegrityError:
+        # Its id is taken: another process took this one for dead (its lease ran out while the
+        # database was out of reach) and stored the reply as interrupted. That row is the reply.
+        swept = await deps.db.read(lambda store: store.message_of(reply.user_id, reply.id))
+        if swept is None:
+            raise
+        log.warning("reply %s to %s was stored as interrupted by another process meanwhile", reply.id, message.id)
+        return Outcome(swept)
     metrics.TURNS.labels(status).inc()
     if stored is None:  # the conversation was deleted while the reply was being stored
         return Outcome(None, ErrorCode.NOT_FOUND)

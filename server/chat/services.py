@@ -5,6 +5,7 @@ The one place where the parts are built and wired together."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
@@ -16,11 +17,13 @@ from server.chat.bus import ReplyBus
 from server.chat.hub import Hub
 from server.chat.limits import UserLimits
 from server.chat.local_bus import LocalReplyBus
+from server.chat.pg_bus import PgReplyBus
 from server.chat.producer import ReplyDeps
-from server.chat.sweep import sweep_orphans
+from server.chat.sweep import Heartbeat, LeaseTimes, sweep_at_start, sweep_orphans
 from server.config import Settings
 from server.db.engine import make_engine
 from server.db.sqlite_writer import SqliteWriter
+from server.db.store import Orphan
 from server.db.uow import Database
 
 
@@ -34,6 +37,7 @@ class Services:
     auth: Authenticator
     limits: UserLimits
     owner: str  # this process incarnation: recorded with every reply it generates
+    heartbeat: Heartbeat | None = None  # PostgreSQL: this process's lease
 
     @property
     def reply_deps(self) -> ReplyDeps:
@@ -55,14 +59,52 @@ class Services:
                                  open_mode_ttl_s=settings.open_mode_token_ttl_s)
         limits = UserLimits(settings.rate_limit_per_minute, settings.max_sockets_per_user)
         owner = uuid.uuid4().hex
-        # Before the first socket: what a previous incarnation left in flight is stored as interrupted.
-        await sweep_orphans(db, owner)
-        bus = LocalReplyBus(settings.detached_reply_s, settings.max_detached_replies)
-        return cls(settings, db, bus, Hub(bus), make_backend(settings), auth, limits, owner)
+        bus: ReplyBus
+        heartbeat = None
+        if settings.is_sqlite:
+            # One process: what any other incarnation left in flight is stored as interrupted
+            # before the first socket.
+            await sweep_orphans(db, owner)
+            bus = LocalReplyBus(settings.detached_reply_s, settings.max_detached_replies)
+        else:
+            bus, heartbeat = await _start_many_processes(settings, db, owner)
+        services = cls(settings, db, bus, Hub(bus), make_backend(settings), auth, limits, owner)
+        services.heartbeat = heartbeat
+        return services
 
     async def close(self) -> None:
+        if isinstance(self.bus, PgReplyBus):
+            await self.bus.close()
+        if self.heartbeat is not None:
+            await self.heartbeat.close()  # the lease goes at once: nothing of ours is left to sweep
         await self.backend.aclose()
         await self.db.dispose()
+
+
+async def _start_many_processes(settings: Settings, db: Database, owner: str) -> tuple[ReplyBus, Heartbeat]:
+    """PostgreSQL: this process's lease, the sweep of dead processes' replies, and (pg_notify)
+    the reply seam across processes. The LISTEN connection opens before the lease is written,
+    so that other processes see this one's session as soon as they see its lease."""
+    times = LeaseTimes(settings.lease_s, settings.heartbeat_s, settings.lease_grace_s, settings.pg_notify)
+    bus: ReplyBus
+    on_swept: Callable[[list[Orphan]], Awaitable[None]]
+    if settings.pg_notify:
+        pg_bus = PgReplyBus(settings.detached_reply_s, settings.max_detached_replies, db, owner,
+                            settings.lease_grace_s)
+        await pg_bus.start(settings.database_url, settings.notify_tick_ms / 1000)
+        bus, on_swept = pg_bus, pg_bus.swept
+    else:
+        bus, on_swept = LocalReplyBus(settings.detached_reply_s, settings.max_detached_replies), _nothing
+    swept = await sweep_at_start(db, owner, times)
+    if swept:
+        await on_swept(swept)
+    heartbeat = Heartbeat(db, owner, times, on_swept)
+    heartbeat.start()
+    return bus, heartbeat
+
+
+async def _nothing(_swept: list[Orphan]) -> None:
+    return None
 
 
 async def open_mode_secret(db: Database) -> str:

@@ -60,7 +60,7 @@ class ChatSession:
             bus.watch(self.user_id, self)
         try:
             start = await self._resolve_start(requested_conversation)
-            in_flight = [reply.listing() for reply in bus.in_flight(self.user_id)]
+            in_flight = await bus.listing(self.user_id)
             await self.sink.send(outgoing.ready(self.user_id, self.conversation_id, self.identity.minted_token,
                                                 in_flight))
             if start is not None:
@@ -201,7 +201,11 @@ class ChatSession:
     async def _resume(self, frame: ResumeFrame) -> None:
         """Follow a reply in flight from `after`, or answer with the stored one."""
         bus = self.svc.bus
-        reply = bus.find(self.user_id, reply_id=frame.message_id, reply_to=frame.reply_to)
+        try:
+            reply = await bus.locate(self.user_id, reply_id=frame.message_id, reply_to=frame.reply_to)
+        except DatabaseUnavailable:
+            await self.sink.send(outgoing.error(ErrorCode.UNAVAILABLE, DB_DOWN_DETAIL))
+            return
         if reply is not None:
             follower = (self.followers or {}).get(reply.id)
             if follower is not None and follower.active:

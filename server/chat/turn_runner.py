@@ -6,6 +6,7 @@ reply bus, so it runs in-process in tests with a fake sink, a fake backend and a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -77,10 +78,19 @@ class TurnRunner:
         return message
 
     async def _answer_duplicate(self, message: Message, to: Watcher, turn: Turn, received_at: float) -> None:
-        """Follow the reply in flight (any socket's), else send the stored one, else generate anew."""
-        bus = self.deps.bus
-        while True:
-            reply = bus.find(self.user_id, reply_to=message.id)
+        """Follow the reply in flight (any socket's, any process's), else send the stored one, else
+        generate anew."""
+        bus, settings = self.deps.bus, self.deps.settings
+        grace = None if settings.is_sqlite else settings.lease_grace_s
+        for attempt in range(1000):
+            if attempt >= 2:
+                await asyncio.sleep(min(0.05 * attempt, 0.5))  # a race with another process: let it settle
+            try:
+                reply = await bus.locate(self.user_id, reply_to=message.id)
+            except DatabaseUnavailable:
+                await self._refuse(to, ErrorCode.UNAVAILABLE, "the database is unavailable; send it again",
+                                   message.client_id)
+                return
             if reply is not None:
                 follower = bus.follow(reply, to.sink, 0, client_id=message.client_id, hold_interrupted=True)
                 outcome = await self._follow_to_end(follower, to)
@@ -94,9 +104,13 @@ class TurnRunner:
             if reply is None:  # another socket started one just now: follow it
                 continue
             try:
-                await claim_again(self.deps.db, self.user_id, message, claim)
+                claimed = await claim_again(self.deps.db, self.user_id, message, claim, grace)
             except DatabaseUnavailable:  # only the crash sweep needs the record; the turn goes on
                 log.warning("reply %s to %s not recorded as in flight", reply.id, message.id, exc_info=True)
+                claimed = True
+            if not claimed:  # another process generates one: this claim only leaves the bus (no one follows it)
+                await bus.finish(reply, Outcome(None, ErrorCode.INTERNAL))
+                continue
             await self._generate(reply, message, to, turn, received_at)
             return
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
 
+from server.db import leases
 from server.db.store import Claim, Message, ReplyMeta, Store, new_id, utcnow
 from server.db.uow import Database, DatabaseUnavailable
 from server.protocol.frames import ABSENT, MessageFrame, known_id
@@ -122,6 +123,19 @@ async def store_reply(db: Database, user_id: str, reply_to: Message, reply_id: s
     return reply
 
 
-async def claim_again(db: Database, user_id: str, message: Message, claim: Claim) -> None:
-    """A new reply to a message already stored (its earlier one was interrupted, or never came)."""
-    await db.write(lambda store: store.claim_reply(message, user_id, claim))
+async def claim_again(db: Database, user_id: str, message: Message, claim: Claim,
+                      lease_grace_s: float | None = None) -> bool:
+    """A new reply to a message already stored (its earlier one was interrupted, or never came).
+
+    With leases (PostgreSQL, lease_grace_s set) the record is taken over only from this process
+    or a dead one: False when a live process generates a reply to it already (follow that one).
+    Without (SQLite: one process), this process is the only one alive."""
+    if lease_grace_s is None:
+        await db.write(lambda store: store.claim_reply(message, user_id, claim))
+        return True
+    try:
+        return await db.write(lambda store: leases.take_over(
+            store, claim.owner, lease_grace_s, message_id=message.id, reply_id=claim.reply_id,
+            conversation_id=message.conversation_id, user_id=user_id))
+    except IntegrityError:  # another process took it at the same moment
+        return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -86,6 +87,21 @@ replies_in_flight = Table(
     # The text so far, as of the last checkpoint (a long reply's; empty for most).
     Column("content", Text, nullable=False),
     Index("ix_replies_in_flight_owner", "owner"),
+)
+
+# One row per live chat-server process (PostgreSQL; UNLOGGED there: soft state). A process renews
+# its lease every heartbeat; one whose lease ran out, or whose named session left PostgreSQL and
+# whose heartbeat went stale, is dead: a live process stores its replies in flight as interrupted.
+process_leases = Table(
+    "process_leases",
+    metadata,
+    Column("owner", String(64), primary_key=True),  # the incarnation id, as replies_in_flight.owner
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),  # database time, not the process's
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    # The process keeps a session named "chat-server <owner>" open (its LISTEN connection), so
+    # that its death shows in pg_stat_activity within a heartbeat or two, not at the lease's end.
+    Column("named_session", Boolean, nullable=False),
 )
 
 server_secrets = Table(

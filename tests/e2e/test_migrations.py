@@ -24,7 +24,7 @@ from server.db.engine import make_engine
 from server.db.migrate import alembic_config, head_revision, upgrade_to_head
 from server.db.schema import metadata
 
-TABLES = {"conversations", "messages", "replies_in_flight", "server_secrets"}
+TABLES = {"conversations", "messages", "process_leases", "replies_in_flight", "server_secrets"}
 
 
 async def on_db(url: str, fn: Callable[[Connection], Any]) -> Any:
@@ -110,6 +110,14 @@ async def test_migrated_schema_matches_the_models(migrated):
     assert await on_db(migrated, schema_diff) == []
     assert await on_db(migrated, revision) == head_revision() is not None
     assert await on_db(migrated, tables) == TABLES
+
+
+@aio
+async def test_process_leases_are_unlogged_on_postgresql(migrated):
+    if not migrated.startswith("postgresql"):
+        pytest.skip("UNLOGGED is PostgreSQL's")
+    # Soft state, renewed every second: no WAL flush for a heartbeat.
+    assert await sql(migrated, "SELECT relpersistence::text FROM pg_class WHERE relname = 'process_leases'") == [("u",)]
 
 
 @aio

@@ -1,0 +1,378 @@
+"""The reply seam across processes: a LocalReplyBus for the replies this process generates, plus
+LISTEN/NOTIFY (pg_channel.py) for everything that crosses to another process.
+
+- A reply generated elsewhere is seen here as a *mirror*: a Reply whose pieces come from
+  notifications. A mirror exists only while a socket here follows it (a resume, a duplicate
+  client_id, a ?sync=1 socket): its first follower sends the owner an INTEREST with the last seq
+  known here; the owner then sends its pieces after that seq, coalesced once per tick, and the
+  live ones, then FINISHED. Deltas cross processes only for such replies; every other turn costs
+  one small ANNOUNCE record (ids only), sent with the others of its tick.
+- Which replies exist, and who generates them, is read from replies_in_flight (the truth) on the
+  rare paths that need it: a resume or duplicate of a reply not known here, `ready`.
+- A gap (the LISTEN connection was lost, a PIECES record past what is known, or a mirror that
+  heard nothing for a while) is never papered over: the mirror checks the database and asks its
+  owner again from its last seq, or takes the stored reply.
+- Stops (cancel by id, a DELETE) and sync events are broadcast; the process that has the reply
+  or the socket acts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.chat import pg_payload as pp
+from server.chat.bus import Outcome, Reply
+from server.chat.follower import Follower
+from server.chat.local_bus import LocalReplyBus
+from server.chat.pg_channel import BROADCAST, PgChannel, process_channel
+from server.chat.sink import Sink
+from server.db import leases
+from server.db.store import Message, Orphan, utcnow
+from server.db.uow import Database, DatabaseUnavailable
+from server.protocol import outgoing
+from server.protocol.codes import ErrorCode
+
+log = logging.getLogger(__name__)
+
+STORED = ("complete", "cancelled", "error", "interrupted")
+CHECK_AFTER_S = 5.0  # a mirror that heard nothing this long checks the database and asks again
+
+
+@dataclass(eq=False, slots=True)
+class Mirror:
+    reply: Reply
+    owner: str
+    assembler: pp.Assembler
+    heard: float = field(default_factory=time.monotonic)
+    checking: bool = False
+
+
+class PgReplyBus(LocalReplyBus):
+    def __init__(self, detached_reply_s: float, max_detached_replies: int, db: Database, owner: str,
+                 grace_s: float):
+        super().__init__(detached_reply_s, max_detached_replies)
+        self.db = db
+        self.owner = owner
+        self.grace_s = grace_s
+        self.channel: PgChannel | None = None
+        self._mirrors: dict[str, Mirror] = {}  # replies generated elsewhere, followed here
+        self._remote: dict[str, dict[str, int]] = {}  # our reply -> {process: last seq sent to it}
+        self._dirty: dict[str, Reply] = {}  # our replies with remote followers and something to send
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._checker: asyncio.Task[None] | None = None
+
+    async def start(self, database_url: str, tick_s: float) -> None:
+        self.channel = PgChannel(database_url, self.owner, tick_s, self._received, self._gap)
+        self.channel.on_tick(self._flush_remote)
+        await self.channel.start()
+        self._checker = asyncio.ensure_future(self._check_quiet_mirrors())
+
+    def _send(self, channel: str, record: list[Any]) -> None:
+        if self.channel is not None:
+            self.channel.send(channel, record)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- producing: what remote followers need ------------------------------------------------------
+    async def publish(self, reply: Reply, piece: str) -> None:
+        # LocalReplyBus.publish inlined: this runs once per delta of every turn.
+        reply.pieces.append(piece)
+        for follower in reply.followers[:]:
+            await follower.pump()
+        if reply.id in self._remote:
+            self._dirty[reply.id] = reply
+            assert self.channel is not None
+            self.channel.wake()
+
+    async def finish(self, reply: Reply, outcome: Outcome) -> None:
+        await super().finish(reply, outcome)
+        if reply.id in self._remote:
+            self._dirty[reply.id] = reply
+            assert self.channel is not None
+            self.channel.wake()
+
+    def _flush_remote(self) -> None:
+        """Once per tick: each remote follower's missing pieces, then the end, to its process."""
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, {}
+        assert self.channel is not None
+        for reply_id, reply in dirty.items():
+            processes = self._remote.get(reply_id, {})
+            for process, sent in processes.items():
+                if reply.seq > sent:
+                    self.channel.send_encoded(process_channel(process),
+                                              pp.pieces_records(reply_id, sent + 1, reply.pieces[sent:]))
+                    processes[process] = reply.seq
+                if reply.outcome is not None:
+                    self.channel.send(process_channel(process), _finished_record(reply, reply.outcome))
+            if reply.outcome is not None:
+                self._remote.pop(reply_id, None)
+
+    def _detach(self, reply: Reply) -> None:
+        if self._remote.get(reply.id):
+            return  # a socket of another process follows it
+        super()._detach(reply)
+
+    # -- finding, following, listing --------------------------------------------------------------------
+    async def locate(self, user_id: str, *, reply_id: str | None = None, reply_to: str | None = None) -> Reply | None:
+        reply = self.find(user_id, reply_id=reply_id, reply_to=reply_to)
+        if reply is not None:
+            return reply
+        for mirror in self._mirrors.values():
+            r = mirror.reply
+            if r.user_id == user_id and (r.id == reply_id if reply_id is not None else r.reply_to == reply_to):
+                return r
+        found = await self.db.read(lambda store: leases.record(store, user_id, reply_id, reply_to))
+        if found is None:
+            return None
+        rid, message_id, conversation_id, owner = found
+        if owner == self.owner:
+            return self.find(user_id, reply_id=rid)  # ours, and no longer in flight: its store failed
+        return self._mirror(rid, user_id, conversation_id, message_id, owner).reply
+
+    async def listing(self, user_id: str) -> list[dict[str, Any]]:
+        try:
+            rows = await self.db.read(lambda store: leases.in_flight(store, user_id))
+        except DatabaseUnavailable:
+            return await super().listing(user_id)
+        out = []
+        for rid, message_id, conversation_id, owner in rows:
+            reply = self.find(user_id, reply_id=rid)
+            mirror = self._mirrors.get(rid)
+            if reply is not None:
+                out.append(reply.listing())
+            elif mirror is not None:
+                out.append(mirror.reply.listing())
+            elif owner != self.owner:  # seq: what is known here (nothing)
+                out.append({"conversation_id": conversation_id, "message_id": rid, "reply_to": message_id, "seq": 0})
+        listed = {item["message_id"] for item in out}
+        # Ours whose record could not be written (the database failed at that moment) are in flight too.
+        out += [reply.listing() for reply in self.in_flight(user_id) if reply.id not in listed]
+        return out
+
+    def _mirror(self, reply_id: str, user_id: str, conversation_id: str, reply_to: str, owner: str) -> Mirror:
+        mirror = self._mirrors.get(reply_id)
+        if mirror is None:
+            reply = Reply(reply_id, user_id, conversation_id, reply_to)
+            mirror = Mirror(reply, owner, pp.Assembler(reply.pieces))
+            self._mirrors[reply_id] = mirror
+        return mirror
+
+    def follow(self, reply: Reply, sink: Sink, after: int, *, preamble: dict[str, Any] | None = None,
+               client_id: str | None = None, hold_interrupted: bool = False) -> Follower:
+        mirror = self._mirrors.get(reply.id)
+        if mirror is None or mirror.reply is not reply:
+            return super().follow(reply, sink, after, preamble=preamble, client_id=client_id,
+                                  hold_interrupted=hold_interrupted)
+        follower = Follower(reply, sink, after, self._left_mirror, preamble=preamble, client_id=client_id,
+                            hold_interrupted=hold_interrupted)
+        first = not reply.followers
+        reply.followers.append(follower)
+        if first and reply.outcome is None:
+            mirror.heard = time.monotonic()
+            self._send(process_channel(mirror.owner), [pp.INTEREST, self.owner, reply.id, reply.seq])
+        return follower
+
+    def _left_mirror(self, follower: Follower) -> None:
+        reply = follower.reply
+        with contextlib.suppress(ValueError):
+            reply.followers.remove(follower)
+        mirror = self._mirrors.get(reply.id)
+        if not reply.followers and mirror is not None and reply.outcome is None:
+            del self._mirrors[reply.id]
+            self._send(process_channel(mirror.owner), [pp.UNINTEREST, self.owner, reply.id])
+
+    async def _end_mirror(self, mirror: Mirror, outcome: Outcome) -> None:
+        reply = mirror.reply
+        if reply.outcome is not None:
+            return
+        stored = outcome.stored
+        if stored is not None and stored.content != reply.content and stored.content.startswith(reply.content):
+            reply.pieces.append(stored.content[len(reply.content):])  # what did not reach us, as one piece
+        reply.outcome = outcome
+        if self._mirrors.get(reply.id) is mirror:
+            del self._mirrors[reply.id]
+        for follower in list(reply.followers):
+            await follower.pump()
+
+    # -- stopping and other tabs: broadcast; whoever has it acts ---------------------------------------
+    def stop(self, user_id: str, reply_id: str, reason: str) -> bool:
+        if super().stop(user_id, reply_id, reason):
+            return True
+        self._send(BROADCAST, [pp.STOP, user_id, reply_id, reason])
+        return False
+
+    def stop_conversation(self, conversation_id: str, reason: str) -> int:
+        self._send(BROADCAST, [pp.STOP_CONVERSATION, conversation_id])
+        return super().stop_conversation(conversation_id, reason)
+
+    def announce_deleted(self, user_id: str, conversation_id: str) -> None:
+        super().announce_deleted(user_id, conversation_id)
+        self._send(BROADCAST, [pp.DELETED, user_id, conversation_id])
+
+    async def announce(self, message: Message, reply: Reply, origin: Sink) -> None:
+        await super().announce(message, reply, origin)
+        self._send(BROADCAST, [pp.ANNOUNCE, self.owner, reply.user_id, message.id, reply.id, reply.conversation_id])
+
+    async def swept(self, orphans: list[Orphan]) -> None:
+        """Replies of a dead process, just stored as interrupted: tell whoever follows them."""
+        for orphan in orphans:
+            self._send(BROADCAST, [pp.FINISHED, orphan.reply_id, "interrupted", -1, None])
+            mirror = self._mirrors.get(orphan.reply_id)
+            if mirror is not None:
+                await self._check(mirror)
+
+    async def shut_down(self, timeout_s: float) -> None:
+        await super().shut_down(timeout_s)
+        await self.close()  # sends what waits: remote followers hear `interrupted`
+
+    async def close(self) -> None:
+        if self._checker is not None:
+            self._checker.cancel()
+            self._checker = None
+        if self.channel is not None:
+            await self.channel.close()
+
+    # -- receiving ---------------------------------------------------------------------------------------
+    def _received(self, records: list[list[Any]]) -> None:
+        for record in records:
+            kind = record[0]
+            if kind == pp.PIECES:
+                mirror = self._mirrors.get(record[1])
+                if mirror is None:
+                    continue
+                mirror.heard = time.monotonic()
+                if not mirror.assembler.add(*record[2:6]):
+                    self._ask_again(mirror)
+                    continue
+                for follower in mirror.reply.followers[:]:
+                    self._spawn(follower.pump())
+            elif kind == pp.FINISHED:
+                mirror = self._mirrors.get(record[1])
+                if mirror is not None:
+                    self._spawn(self._finished(mirror, record[2], record[3], record[4]))
+            elif kind == pp.GONE:
+                mirror = self._mirrors.get(record[1])
+                if mirror is not None:
+                    self._spawn(self._check(mirror))
+            elif kind == pp.INTEREST:
+                self._interest(record[1], record[2], record[3])
+            elif kind == pp.UNINTEREST:
+                self._uninterest(record[1], record[2])
+            elif kind == pp.STOP:
+                reply = self._replies.get(record[2])
+                if reply is not None and reply.user_id == record[1]:
+                    reply.stop(record[3])
+            elif kind == pp.STOP_CONVERSATION:
+                super().stop_conversation(record[1], "deleted")
+            elif kind == pp.DELETED:
+                super().announce_deleted(record[1], record[2])
+            elif kind == pp.ANNOUNCE:
+                if self._watchers.get(record[2]):
+                    self._spawn(self._announced(*record[1:6]))
+
+    def _interest(self, process: str, reply_id: str, after: int) -> None:
+        reply = self._replies.get(reply_id) or self._dirty.get(reply_id)
+        if reply is None:
+            self._send(process_channel(process), [pp.GONE, reply_id])
+            return
+        self._remote.setdefault(reply_id, {})[process] = max(0, min(after, reply.seq))
+        self._attach(reply)
+        self._dirty[reply_id] = reply
+        assert self.channel is not None
+        self.channel.wake()
+
+    def _uninterest(self, process: str, reply_id: str) -> None:
+        processes = self._remote.get(reply_id)
+        if processes is None:
+            return
+        processes.pop(process, None)
+        if not processes:
+            del self._remote[reply_id]
+            reply = self._replies.get(reply_id)
+            if reply is not None and not reply.followers and reply.outcome is None:
+                self._detach(reply)
+
+    def _ask_again(self, mirror: Mirror) -> None:
+        self._send(process_channel(mirror.owner), [pp.INTEREST, self.owner, mirror.reply.id, mirror.reply.seq])
+
+    async def _finished(self, mirror: Mirror, status: str, seq: int, error: str | None) -> None:
+        reply = mirror.reply
+        if status in STORED and seq == reply.seq:  # everything arrived: the stored reply is what we have
+            stored = Message(reply.id, reply.conversation_id, 0, "assistant", reply.content, status, None,
+                             reply.reply_to, utcnow(), error=error)
+            await self._end_mirror(mirror, Outcome(stored))
+        elif status not in STORED:
+            await self._end_mirror(mirror, Outcome(None, ErrorCode(status)))
+        else:
+            await self._check(mirror)
+
+    async def _check(self, mirror: Mirror) -> None:
+        """Ask the database: stored (take it), still in flight (ask the owner again), or neither."""
+        if mirror.checking or mirror.reply.outcome is not None:
+            return
+        mirror.checking = True
+        reply = mirror.reply
+        try:
+            stored = await self.db.read(lambda store: store.message_of(reply.user_id, reply.id))
+            if stored is not None:
+                await self._end_mirror(mirror, Outcome(stored))
+                return
+            found = await self.db.read(lambda store: leases.record(store, reply.user_id, reply.id, None))
+            if found is None:  # neither stored nor in flight: its conversation was deleted
+                await self._end_mirror(mirror, Outcome(None, ErrorCode.NOT_FOUND))
+            elif reply.followers:
+                mirror.heard = time.monotonic()
+                self._ask_again(mirror)
+        except DatabaseUnavailable:
+            log.warning("could not check reply %s followed from another process", reply.id)
+        finally:
+            mirror.checking = False
+
+    async def _check_quiet_mirrors(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for mirror in list(self._mirrors.values()):
+                if now - mirror.heard > CHECK_AFTER_S:
+                    mirror.heard = now
+                    self._spawn(self._check(mirror))
+
+    def _gap(self) -> None:
+        """The LISTEN connection came back: whatever was sent meanwhile is lost; ask again."""
+        for mirror in list(self._mirrors.values()):
+            self._spawn(self._check(mirror))
+
+    async def _announced(self, owner: str, user_id: str, message_id: str, reply_id: str,
+                         conversation_id: str) -> None:
+        """A user message committed on another process: this process's sync sockets follow its reply."""
+        try:
+            message = await self.db.read(lambda store: store.message_of(user_id, message_id))
+        except DatabaseUnavailable:
+            return
+        watchers = self._watchers.get(user_id)
+        if message is None or not watchers:
+            return
+        mirror = self._mirror(reply_id, user_id, conversation_id, message_id, owner)
+        added = outgoing.message_added(message)
+        for watcher in list(watchers):
+            follower = self.follow(mirror.reply, watcher.sink, 0, preamble=added)
+            watcher.adopt(follower)
+            await follower.pump()
+
+
+def _finished_record(reply: Reply, outcome: Outcome) -> list[Any]:
+    stored = outcome.stored
+    if stored is not None:
+        return [pp.FINISHED, reply.id, stored.status, reply.seq, stored.error]
+    failure = outcome.failure or ErrorCode.INTERNAL
+    return [pp.FINISHED, reply.id, failure.value, reply.seq, None]
