@@ -68,6 +68,13 @@ def databases(tmp_root: Path) -> Iterator[Databases]:
     dbs.cleanup()
 
 
+@pytest.fixture
+def pg() -> None:
+    """For a test that is about PostgreSQL alone: skips with the reason when it is unreachable
+    (fails instead under CHAT_TEST_REQUIRE_PG=1, as in CI)."""
+    _require_pg()
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
 def db(request: pytest.FixtureRequest) -> str:
     """The kind of database the test runs on."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.servers import PG_ADMIN_URL, VENV_BIN, ServerProcess, free_port, pg_unavailable_reason
+from support.servers import PG_ADMIN_URL, VENV_BIN, ServerProcess, free_port
 
 CHAT_SERVER = str(VENV_BIN / "chat-server")
 SECRET = "operator-errors-test-secret-" + "z" * 40
@@ -126,9 +126,7 @@ def test_postgres_that_never_answers(tmp_path):
     assert str(port) in line
 
 
-def test_postgres_database_missing_says_createdb(tmp_path):
-    if pg_unavailable_reason() is not None:
-        pytest.skip("PostgreSQL is not reachable")
+def test_postgres_database_missing_says_createdb(tmp_path, pg):
     netloc = PG_ADMIN_URL.split("://", 1)[1].rsplit("/", 1)[0]
     one_line_error(run(["migrate"], tmp_path, CHAT_DATABASE_URL=f"postgresql+asyncpg://{netloc}/no_such_db_ops13"),
                    "'no_such_db_ops13' does not exist", "createdb -h 127.0.0.1 -p 5432 -U postgres no_such_db_ops13")
