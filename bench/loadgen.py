@@ -146,10 +146,13 @@ async def follow_all(url: str, sockets: list[ClientConnection], args: argparse.N
     of the first (another tab); each reader counts the `done` frames it sees."""
     gate = asyncio.Semaphore(HANDSHAKE_CONCURRENCY)
 
-    async def one(ws: ClientConnection) -> ClientConnection:
-        return await open_socket(f"{url}?sync=1&token={TOKENS.get(ws) or ''}", args.timeout, gate, args.deflate)
+    urls = url.split(",")
 
-    followers = await asyncio.gather(*(one(ws) for ws in sockets))
+    async def one(i: int, ws: ClientConnection) -> ClientConnection:  # on another process, if there are several
+        return await open_socket(f"{urls[(i + 1) % len(urls)]}?sync=1&token={TOKENS.get(ws) or ''}",
+                                 args.timeout, gate, args.deflate)
+
+    followers = await asyncio.gather(*(one(i, ws) for i, ws in enumerate(sockets)))
 
     async def read(follower: ClientConnection) -> int:
         dones = 0

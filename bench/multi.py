@@ -11,6 +11,10 @@ interleaved, median of --rounds, each on a fresh database and fresh processes:
 Latency (--latency N): a reply generated on process 1 and followed (resume) from process 2; for
 each delta, the time between its arrival on the generating process's socket and on the
 follower's, p50 / p99 over N turns of --words words, echo pausing --delay-ms between deltas.
+With --under-load, --sockets sockets play turns over both processes meanwhile, and PostgreSQL's
+pg_notification_queue_usage() and ungranted locks are sampled every 0.2 s:
+
+    .venv/bin/python bench/multi.py --no-load --latency 20 --words 30 --delay-ms 20 --under-load
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +59,25 @@ def load(args: argparse.Namespace, workdir: Path) -> None:
             return f"{statistics.median(values):.{d}f} ({min(values):.{d}f}-{max(values):.{d}f})" if values else "-"
 
         print(f"| {label} | {col('turns_per_s')} | {col('done_p99')} | {col('cpu_ms_per_turn')} |")
+
+
+async def sample_postgres(db_url: str, stop: asyncio.Event) -> dict[str, float]:
+    """pg_notification_queue_usage() and ungranted locks, every 0.2 s until `stop`."""
+    import asyncpg
+
+    conn = await asyncpg.connect(db_url.replace("postgresql+asyncpg://", "postgresql://"))
+    usage: list[float] = []
+    waits: list[int] = []
+    try:
+        while not stop.is_set():
+            usage.append(await conn.fetchval("SELECT pg_notification_queue_usage()"))
+            waits.append(await conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
+    finally:
+        await conn.close()
+    return {"samples": len(usage), "queue_usage_max": max(usage, default=0.0),
+            "lock_waits_max": max(waits, default=0), "lock_waits_mean": statistics.fmean(waits) if waits else 0.0}
 
 
 async def latency(args: argparse.Namespace, ports: list[int]) -> None:
@@ -111,7 +135,32 @@ def latency_run(args: argparse.Namespace, workdir: Path) -> None:
             ns.server_env = [f"CHAT_ECHO_DELAY_MS={args.delay_ms}"]
             argv, env = bench.server_command(ns, "chat-server", port, urls)
             stack.enter_context(bench.running(argv, env, workdir, workdir / f"lat-{port}.log", port))
-        asyncio.run(latency(args, ports))
+        load = None
+        if args.under_load:  # the load runs until the latency turns are done, then is stopped
+            load = subprocess.Popen(
+                [sys.executable, str(bench.LOADGEN), "--url", ",".join(f"ws://127.0.0.1:{p}/ws" for p in ports),
+                 "--sockets", str(args.sockets), "--turns", "100000", "--words", str(args.words),
+                 "--timeout", str(args.timeout)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(2)  # the sockets are open and playing
+        try:
+            asyncio.run(measure_latency(args, ports, urls[0]))
+        finally:
+            if load is not None:
+                load.terminate()
+                load.wait(10)
+
+
+async def measure_latency(args: argparse.Namespace, ports: list[int], db_url: str) -> None:
+    stop = asyncio.Event()
+    sampling = asyncio.ensure_future(sample_postgres(db_url, stop))
+    try:
+        await latency(args, ports)
+    finally:
+        stop.set()
+        pg = await sampling
+    print(f"{'under load of ' + str(args.sockets) + ' sockets' if args.under_load else 'idle'}: "
+          f"pg_notification_queue_usage max {pg['queue_usage_max']:.6f}, ungranted locks max "
+          f"{pg['lock_waits_max']} (mean {pg['lock_waits_mean']:.2f}) over {pg['samples']} samples")
 
 
 def main() -> int:
@@ -124,6 +173,8 @@ def main() -> int:
     p.add_argument("--latency", type=int, default=0, metavar="N", help="measure delta latency over N turns")
     p.add_argument("--delay-ms", type=int, default=20)
     p.add_argument("--no-load", action="store_true")
+    p.add_argument("--under-load", action="store_true",
+                   help="with --latency: --sockets sockets play turns over both processes meanwhile")
     p.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     p.add_argument("--chat-server", default=str(Path(sys.executable).parent / "chat-server"))
     p.add_argument("--timeout", type=float, default=60.0)
