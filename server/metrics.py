@@ -5,7 +5,6 @@ from prometheus_client import Counter, Gauge, Histogram
 SOCKETS_OPEN = Gauge("chat_sockets_open", "WebSocket connections currently open")
 REPLIES_IN_FLIGHT = Gauge("chat_replies_in_flight", "Assistant replies being generated now")
 REPLIES_DETACHED = Gauge("chat_replies_detached", "Replies in flight that no socket follows now")
-FOLLOWERS_CUT = Counter("chat_followers_cut_total", "Sockets that stopped following a reply before its end")
 REPLIES_SWEPT = Counter("chat_replies_swept_total", "Replies of a dead process stored as interrupted")
 NOTIFY_SENT = Counter("chat_notify_payloads_total", "NOTIFY payloads sent to other processes")
 NOTIFY_DROPPED = Counter("chat_notify_dropped_total", "NOTIFY payloads not sent (the LISTEN connection was down)")
