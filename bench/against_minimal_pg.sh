@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# chat-server (one process, LISTEN/NOTIFY adapter on) against the minimal PostgreSQL server in
+# ../shared/bench/raw_ws_pg.py: 50 sockets x 40 turns, 20 words, A B A B for 3 rounds, each run on
+# a fresh database and a fresh server. Prints: round, server, turns/s, done p99 ms, CPU ms/turn,
+# failures. Needs PostgreSQL at 127.0.0.1:5432 (trust) and the project's venv.
+set -u
+root=$(cd "$(dirname "$0")/.." && pwd)
+py=$root/.venv/bin/python
+minimal=$root/../shared/bench/raw_ws_pg.py
+work=$(mktemp -d)
+for round in 1 2 3; do
+  for server in chat-server minimal; do
+    db=bench_min_$RANDOM$RANDOM
+    psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db" postgres
+    port=$((20000 + RANDOM % 20000))
+    if [ "$server" = chat-server ]; then
+      (cd "$work" && CHAT_DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/$db CHAT_ECHO_DELAY_MS=0 \
+        CHAT_RATE_LIMIT_PER_MINUTE=1000000 CHAT_MAX_FRAMES_PER_SECOND=100000 CHAT_OPEN_MODE_USERS_PER_MINUTE=0 \
+        exec "$root/.venv/bin/chat-server" --port $port >"$work/$server-$round.log" 2>&1) &
+    else
+      (cd "$work" && BENCH_ORJSON=1 BENCH_PG_DSN=postgresql://postgres@127.0.0.1:5432/$db \
+        exec "$py" "$minimal" --port $port >"$work/$server-$round.log" 2>&1) &
+    fi
+    for _ in $(seq 100); do nc -z 127.0.0.1 $port 2>/dev/null && break; sleep 0.1; done
+    sleep 1
+    pid=$(pgrep -f -- "--port $port" | head -1)
+    "$py" "$root/bench/loadgen.py" --url ws://127.0.0.1:$port/ws --sockets 50 --turns 40 --words 20 --pid "$pid" \
+      --json | tail -1 | "$py" -c 'import json,sys; r=json.load(sys.stdin); print(sys.argv[1], sys.argv[2],
+      r["turns_per_s"], r["done_ms"]["p99"], r["cpu_ms_per_turn"], r["failures"])' "$round" "$server"
+    kill "$pid"; sleep 1
+    psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE $db WITH (FORCE)" postgres
+  done
+done
+rm -rf "$work"
