@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 from sqlalchemy.exc import IntegrityError
 
@@ -39,8 +40,9 @@ class Services:
     owner: str  # this process incarnation: recorded with every reply it generates
     heartbeat: Heartbeat | None = None  # PostgreSQL: this process's lease
 
-    @property
+    @cached_property
     def reply_deps(self) -> ReplyDeps:
+        """Built once, not per socket (every session's turn runner holds it)."""
         return ReplyDeps(self.db, self.bus, self.backend, self.settings)
 
     @classmethod
