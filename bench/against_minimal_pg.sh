@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # chat-server (one process, LISTEN/NOTIFY adapter on) against the minimal PostgreSQL server in
 # ../shared/bench/raw_ws_pg.py: 50 sockets x 40 turns, 20 words, A B A B for 3 rounds, each run on
-# a fresh database and a fresh server. Prints: round, server, turns/s, done p99 ms, CPU ms/turn,
-# failures. Needs PostgreSQL at 127.0.0.1:5432 (trust) and the project's venv.
+# a fresh database and a fresh server. Prints: round, server, turns/s, done p99 ms, the server's CPU
+# ms/turn, the machine's (all cores: server, PostgreSQL, load generator) and the load generator's
+# CPU ms/turn, the cores busy, CPU seconds stolen by the hypervisor, failures. Needs PostgreSQL at 127.0.0.1:5432 (trust) and the project's venv.
+# ROUNDS=n and SERVERS="chat-server" (one of the two) for a quicker look.
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 py=$root/.venv/bin/python
 minimal=$root/../shared/bench/raw_ws_pg.py
 work=$(mktemp -d)
-for round in 1 2 3; do
-  for server in chat-server minimal; do
+echo "round server turns/s done_p99_ms server_cpu_ms machine_cpu_ms loadgen_cpu_ms busy_cores stolen_s failures"
+for round in $(seq ${ROUNDS:-3}); do
+  for server in ${SERVERS:-chat-server minimal}; do
     db=bench_min_$RANDOM$RANDOM
     psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db" postgres
     port=$((20000 + RANDOM % 20000))
@@ -26,7 +29,8 @@ for round in 1 2 3; do
     pid=$(pgrep -f -- "--port $port" | head -1)
     "$py" "$root/bench/loadgen.py" --url ws://127.0.0.1:$port/ws --sockets 50 --turns 40 --words 20 --pid "$pid" \
       --json | tail -1 | "$py" -c 'import json,sys; r=json.load(sys.stdin); print(sys.argv[1], sys.argv[2],
-      r["turns_per_s"], r["done_ms"]["p99"], r["cpu_ms_per_turn"], r["failures"])' "$round" "$server"
+      r["turns_per_s"], r["done_ms"]["p99"], r["cpu_ms_per_turn"], r["machine_cpu_ms_per_turn"],
+      r["loadgen_cpu_ms_per_turn"], r["machine_busy_cores"], r["steal_s"], r["failures"])' "$round" "$server"
     kill "$pid"; sleep 1
     psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE $db WITH (FORCE)" postgres
   done

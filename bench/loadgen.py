@@ -86,6 +86,15 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, stolen) CPU seconds of the whole machine, all cores, from /proc/stat: busy is
+    everything but idle, iowait and steal; steal is what the hypervisor gave to other guests."""
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
 def rss_kib(pids: str) -> int:
     return sum(_rss_kib(int(pid)) for pid in pids.split(","))
 
@@ -243,10 +252,12 @@ async def load_mode(args: argparse.Namespace) -> dict[str, Any]:
     cpu0 = cpu_seconds(args.pid) if args.pid else None
     rss0 = rss_kib(args.pid) if args.pid else None
     run_id = uuid.uuid4().hex[:8]
+    machine0, own0 = machine_cpu(), time.process_time()
     t0 = time.perf_counter()
     await asyncio.gather(*(run_socket(ws, i, args, run_id, stats)
                            for i, ws in enumerate(sockets)))
     seconds = time.perf_counter() - t0
+    machine1, own1 = machine_cpu(), time.process_time()
     cpu_s = cpu_seconds(args.pid) - cpu0 if args.pid else None
     rss1 = rss_kib(args.pid) if args.pid else None
     if readers:
@@ -266,6 +277,13 @@ async def load_mode(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_s": None if cpu_s is None else round(cpu_s, 3),
         "cpu_ms_per_turn": round(cpu_s * 1000 / done, 3) if cpu_s is not None and done else None,
         "rss_kib_before": rss0, "rss_kib_after": rss1,
+        # Where the bound is, on a shared machine: all of its CPU per turn (server, database,
+        # this load generator, anything else), this load generator's share, and time stolen by
+        # the hypervisor.
+        "machine_cpu_ms_per_turn": round((machine1[0] - machine0[0]) * 1000 / done, 3) if done else None,
+        "loadgen_cpu_ms_per_turn": round((own1 - own0) * 1000 / done, 3) if done else None,
+        "machine_busy_cores": round((machine1[0] - machine0[0]) / seconds, 2) if seconds > 0 else None,
+        "steal_s": round(machine1[1] - machine0[1], 3),
         "failure_reasons": dict(stats.reasons.most_common(10)),
     }
 
@@ -302,6 +320,8 @@ def print_summary(r: dict[str, Any]) -> None:
         if r["cpu_s"] is not None:
             print(f"server CPU: {r['cpu_s']} s, {r['cpu_ms_per_turn']} ms/turn; "
                   f"RSS {r['rss_kib_before']} -> {r['rss_kib_after']} KiB")
+        print(f"machine CPU: {r['machine_cpu_ms_per_turn']} ms/turn ({r['machine_busy_cores']} cores busy), "
+              f"load generator {r['loadgen_cpu_ms_per_turn']} ms/turn, stolen {r['steal_s']} s")
     for reason, count in r["failure_reasons"].items():
         print(f"  failure x{count}: {reason}")
 

@@ -23,11 +23,11 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-from sqlalchemy.engine import make_url
 
 from server import metrics
 from server.chat import pg_payload
 from server.db.leases import session_name
+from server.db.pg_turn_writes import asyncpg_dsn
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,6 @@ BROADCAST = "chat_all"
 
 def process_channel(owner: str) -> str:
     return "chat_p_" + owner  # an identifier: 7 + 32 hex characters, under PostgreSQL's 63
-
-
-def asyncpg_dsn(database_url: str) -> str:
-    url = make_url(database_url).set(drivername="postgresql")
-    return url.render_as_string(hide_password=False)
 
 
 class PgChannel:

@@ -23,6 +23,7 @@ from server.chat.producer import ReplyDeps
 from server.chat.sweep import Heartbeat, LeaseTimes, sweep_at_start, sweep_orphans
 from server.config import Settings
 from server.db.engine import make_engine
+from server.db.pg_turn_writes import PgTurnWrites
 from server.db.sqlite_writer import SqliteWriter
 from server.db.store import Orphan
 from server.db.uow import Database
@@ -51,7 +52,8 @@ class Services:
         if settings.is_sqlite:
             writer = SqliteWriter(settings)
             await writer.start()
-        db = Database(make_engine(settings), writer)
+        turn_writes = None if settings.is_sqlite else await PgTurnWrites.open(settings)
+        db = Database(make_engine(settings), writer, turn_writes)
         metrics.DB_POOL_CHECKED_OUT.set_function(db.checked_out)
         if settings.token_mode:
             assert settings.auth_secret is not None

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import IntegrityError
 
 from server.db import leases
-from server.db.store import Claim, Message, ReplyMeta, Store, new_id, utcnow
+from server.db.store import Claim, Message, ReplyMeta, Store, new_id, unsaved, utcnow
 from server.db.uow import Database, DatabaseUnavailable
 from server.protocol.frames import ABSENT, MessageFrame, known_id
 
@@ -59,17 +59,13 @@ async def _append_to_conversation(db: Database, user_id: str, frame: MessageFram
     if conversation_id is None or not known_id(conversation_id):
         return None
 
-    def work(store: Store) -> Message | None:
-        return store.append_message(
-            message_id=new_id(), conversation_id=conversation_id, user_id=user_id, role="user",
-            content=frame.content, status="complete", client_id=frame.client_id, reply_to=None, now=utcnow(),
-            claim=claim)
-
+    message = unsaved(message_id=new_id(), conversation_id=conversation_id, role="user", content=frame.content,
+                      status="complete", client_id=frame.client_id)
     try:
-        message = await db.write_statement(work)
+        stored = await db.append_message(message, user_id, claim)
     except IntegrityError:  # the same client_id committed by another socket just now
         return None
-    return None if message is None else Accepted(message, duplicate=False)
+    return None if stored is None else Accepted(stored, duplicate=False)
 
 
 def _accept(user_id: str, frame: MessageFrame, current: str | None, claim: Claim) -> Callable[[Store], Accepted]:
@@ -103,14 +99,11 @@ def _accept(user_id: str, frame: MessageFrame, current: str | None, claim: Claim
 async def store_reply(db: Database, user_id: str, reply_to: Message, reply_id: str, content: str,
                       status: str, meta: ReplyMeta) -> Message | None:
     """Commit the assistant's reply; None when its conversation was deleted meanwhile."""
-    def work(store: Store) -> Message | None:
-        return store.append_message(
-            message_id=reply_id, conversation_id=reply_to.conversation_id, user_id=user_id, role="assistant",
-            content=content, status=status, client_id=None, reply_to=reply_to.id, now=utcnow(), stats=meta)
-
+    message = unsaved(message_id=reply_id, conversation_id=reply_to.conversation_id, role="assistant",
+                      content=content, status=status, reply_to=reply_to.id, stats=meta)
     for attempt in range(STORE_ATTEMPTS):
         try:
-            reply = await db.write_statement(work)
+            reply = await db.append_message(message, user_id)
             break
         except DatabaseUnavailable:
             if attempt == STORE_ATTEMPTS - 1:

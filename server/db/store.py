@@ -151,8 +151,8 @@ def _append_statement(claiming: bool) -> Any:
     return select(appended.c.seq).add_cte(landed)
 
 
-_APPEND_CLAIMING = _append_statement(claiming=True)
-_APPEND_RELEASING = _append_statement(claiming=False)
+APPEND_CLAIMING = _append_statement(claiming=True)
+APPEND_RELEASING = _append_statement(claiming=False)
 _INSERT_IN_FLIGHT = insert(replies_in_flight)
 _DELETE_IN_FLIGHT = delete(replies_in_flight).where(replies_in_flight.c.user_message_id == _p("p_message"),
                                                     replies_in_flight.c.reply_id == _p("p_reply"))
@@ -177,19 +177,35 @@ class Orphan:
     content: str
 
 
+def unsaved(*, message_id: str, conversation_id: str, role: str, content: str, status: str,
+            client_id: str | None = None, reply_to: str | None = None, now: datetime | None = None,
+            stats: ReplyMeta | None = None) -> Message:
+    """A message to append: its seq is the conversation's next, taken when it is stored."""
+    return Message(message_id, conversation_id, 0, role, content, status, client_id, reply_to, now or utcnow(),
+                   *_meta_fields(stats))
+
+
 def _meta_fields(stats: ReplyMeta | None) -> tuple[str | None, int | None, int | None, int | None, str | None]:
     meta = stats or ReplyMeta()
     return meta.model, meta.prompt_tokens, meta.completion_tokens, meta.first_token_ms, meta.error
 
 
 def _row(message: Message, user_id: str) -> dict[str, Any]:
-    """The parameters of an INSERT of `message` (and of _APPEND_MESSAGE)."""
+    """The parameters of an INSERT of `message` (and, as p_<name>, of the append statements)."""
     return {"id": message.id, "conversation_id": message.conversation_id, "user_id": user_id, "seq": message.seq,
             "role": message.role, "content": message.content, "status": message.status,
             "client_id": message.client_id, "reply_to": message.reply_to, "created_at": message.created_at,
             "model": message.model, "prompt_tokens": message.prompt_tokens,
             "completion_tokens": message.completion_tokens, "first_token_ms": message.first_token_ms,
             "error": message.error}
+
+
+def append_params(message: Message, user_id: str, claim: Claim | None) -> dict[str, Any]:
+    """The parameters of APPEND_CLAIMING (with `claim`) or APPEND_RELEASING."""
+    params = {f"p_{k}": v for k, v in _row(message, user_id).items()}
+    if claim is not None:
+        params.update(p_reply_id=claim.reply_id, p_owner=claim.owner)
+    return params
 
 
 def _flight_row(user_message: Message, user_id: str, claim: Claim) -> dict[str, Any]:
@@ -269,38 +285,30 @@ class Store:
         self.conn.execute(_INSERT_MESSAGE, _row(message, user_id))
         return message
 
-    def append_message(self, *, message_id: str, conversation_id: str, user_id: str, role: str, content: str,
-                       status: str, client_id: str | None, reply_to: str | None, now: datetime,
-                       stats: ReplyMeta | None = None, claim: Claim | None = None) -> Message | None:
-        """Append a message at the conversation's next seq. None, and nothing written, when the
-        conversation is not this user's (or is gone) or `client_id` was used before.
+    def append_message(self, message: Message, user_id: str, claim: Claim | None = None) -> Message | None:
+        """Append `message` (an `unsaved` one) at its conversation's next seq; the stored message, or
+        None, and nothing written, when the conversation is not this user's (or is gone) or its
+        client_id was used before.
 
         A user message records `claim` (the reply it is owed) in replies_in_flight; a reply
-        removes its own row there (`reply_to` and `message_id` name it).
+        removes its own row there (its `reply_to` and `id` name it).
 
-        One statement on PostgreSQL, so `Database.write_statement` can send it without a
-        transaction around it. SQLite cannot update in a CTE: there the same steps run one by one,
-        in the writer's transaction."""
-        message = Message(message_id, conversation_id, 0, role, content, status, client_id, reply_to, now,
-                          *_meta_fields(stats))
-        row = _row(message, user_id)
+        One statement on PostgreSQL, which can be sent without a transaction around it (the turn
+        path sends it through asyncpg: pg_turn_writes.py). SQLite cannot update in a CTE: there
+        the same steps run one by one, in the writer's transaction."""
         if self.conn.dialect.name == "postgresql":
-            params = {f"p_{k}": v for k, v in row.items()}
-            if claim is not None:
-                params.update(p_reply_id=claim.reply_id, p_owner=claim.owner)
-                seq = self.conn.execute(_APPEND_CLAIMING, params).scalar()
-            else:
-                seq = self.conn.execute(_APPEND_RELEASING, params).scalar()
+            statement = APPEND_CLAIMING if claim is not None else APPEND_RELEASING
+            seq = self.conn.execute(statement, append_params(message, user_id, claim)).scalar()
         else:
-            if client_id is not None and self.by_client_id(user_id, client_id) is not None:
+            if message.client_id is not None and self.by_client_id(user_id, message.client_id) is not None:
                 return None
-            seq = self.next_seq(conversation_id, user_id, now)
+            seq = self.next_seq(message.conversation_id, user_id, message.created_at)
             if seq is not None:
-                self.conn.execute(_INSERT_MESSAGE, {**row, "seq": seq})
+                self.conn.execute(_INSERT_MESSAGE, {**_row(message, user_id), "seq": seq})
                 if claim is not None:
                     self.conn.execute(_INSERT_IN_FLIGHT, _flight_row(message, user_id, claim))
-                elif reply_to is not None:
-                    self.conn.execute(_DELETE_IN_FLIGHT, {"p_message": reply_to, "p_reply": message_id})
+                elif message.reply_to is not None:
+                    self.conn.execute(_DELETE_IN_FLIGHT, {"p_message": message.reply_to, "p_reply": message.id})
         return None if seq is None else dataclasses.replace(message, seq=seq)
 
     # -- replies in flight --------------------------------------------------------------------------
@@ -324,10 +332,9 @@ class Store:
 
     def store_orphan(self, orphan: Orphan) -> Message | None:
         """Store what is known of a dead process's reply as `interrupted`, and release its claim."""
-        return self.append_message(
-            message_id=orphan.reply_id, conversation_id=orphan.conversation_id, user_id=orphan.user_id,
-            role="assistant", content=orphan.content, status="interrupted", client_id=None,
-            reply_to=orphan.user_message_id, now=utcnow())
+        return self.append_message(unsaved(
+            message_id=orphan.reply_id, conversation_id=orphan.conversation_id, role="assistant",
+            content=orphan.content, status="interrupted", reply_to=orphan.user_message_id), orphan.user_id)
 
     def message_of(self, user_id: str, message_id: str) -> Message | None:
         row = self.conn.execute(select(*MESSAGE_COLUMNS).where(messages.c.id == message_id,

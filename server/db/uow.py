@@ -11,9 +11,10 @@ Who calls `write` knows where the transaction ends: when the call returns, it is
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,7 +22,10 @@ from sqlalchemy.util import greenlet_spawn
 
 from server import metrics
 from server.db.sqlite_writer import SqliteWriter
-from server.db.store import Store
+from server.db.store import Claim, Message, Store, append_params
+
+if TYPE_CHECKING:
+    from server.db.pg_turn_writes import PgTurnWrites
 
 T = TypeVar("T")
 Work = Callable[[Store], T]
@@ -35,9 +39,11 @@ class Database:
     """Writes on SQLite go through one writer thread that commits in groups (sqlite_writer.py);
     reads, and everything on PostgreSQL, run on a pooled async connection."""
 
-    def __init__(self, engine: AsyncEngine, writer: SqliteWriter | None = None):
+    def __init__(self, engine: AsyncEngine, writer: SqliteWriter | None = None,
+                 turn_writes: PgTurnWrites | None = None):
         self.engine = engine
         self.writer = writer
+        self.turn_writes = turn_writes  # PostgreSQL: a turn's two writes, on asyncpg directly
 
     async def write(self, work: Work[T]) -> T:
         """Run `work` in a transaction and commit it; the result once the commit has returned."""
@@ -50,27 +56,25 @@ class Database:
                 raise DatabaseUnavailable(str(e)) from e
         return await self._run(work, commit=True)
 
-    async def write_statement(self, work: Work[T]) -> T:
-        """Like `write`, for work that is a single statement on PostgreSQL.
+    async def append_message(self, message: Message, user_id: str, claim: Claim | None = None) -> Message | None:
+        """`Store.append_message`, committed when it returns: a turn's two writes.
 
-        The statement is sent with no BEGIN or COMMIT around it: PostgreSQL runs it as its own
-        transaction, committed (and flushed, as any commit) before it answers. One round trip
-        where a unit of work takes two more. On SQLite it is a unit like any other."""
-        if self.writer is not None:
-            return await self.write(work)
-        return await self._run(work, commit=True, autocommit=True)
+        On PostgreSQL it is one statement, sent with no BEGIN or COMMIT around it (PostgreSQL
+        commits it, WAL flushed, before it answers), through asyncpg directly (pg_turn_writes.py).
+        On SQLite it is a unit like any other."""
+        if self.turn_writes is None:
+            return await self.write(lambda store: store.append_message(message, user_id, claim))
+        seq = await self.turn_writes.append(append_params(message, user_id, claim), claiming=claim is not None)
+        return None if seq is None else dataclasses.replace(message, seq=seq)
 
     async def read(self, work: Work[T]) -> T:
         return await self._run(work, commit=False)
 
-    async def _run(self, work: Work[T], commit: bool, autocommit: bool = False) -> T:
+    async def _run(self, work: Work[T], commit: bool) -> T:
         def unit() -> T:
             # The whole unit in one hop into SQLAlchemy's greenlet: connect, BEGIN, the work,
             # COMMIT, return to the pool (five hops through the AsyncConnection methods otherwise).
             with self.engine.sync_engine.connect() as conn:
-                if autocommit:  # the statement commits itself: its run is the commit
-                    conn.execution_options(isolation_level="AUTOCOMMIT")
-                    return _committing(lambda: work(Store(conn)))
                 transaction = conn.begin()
                 result = work(Store(conn))
                 if commit:
@@ -85,7 +89,8 @@ class Database:
             raise DatabaseUnavailable(str(e)) from e
 
     def checked_out(self) -> int:
-        return self.engine.pool.checkedout()  # type: ignore[attr-defined]
+        fast = self.turn_writes.checked_out() if self.turn_writes is not None else 0
+        return self.engine.pool.checkedout() + fast  # type: ignore[attr-defined,no-any-return]
 
     async def ping(self) -> None:
         await self.read(lambda store: store.ping())
@@ -93,6 +98,8 @@ class Database:
     async def dispose(self) -> None:
         if self.writer is not None:
             await self.writer.close()
+        if self.turn_writes is not None:
+            await self.turn_writes.close()
         await self.engine.dispose()
 
 

@@ -15,12 +15,13 @@ if TYPE_CHECKING:
     from server.db.store import Message
 
 
-def encode(frame: dict[str, Any]) -> str:
+def encode(frame: dict[str, Any]) -> bytes:
+    """The frame as UTF-8 JSON, the payload of a text frame."""
     try:
-        return orjson.dumps(frame).decode()
+        return orjson.dumps(frame)
     except orjson.JSONEncodeError:
         # A lone surrogate, echoed in an error's client_id: escaped (\udfff), as the client sent it.
-        return json.dumps(frame, separators=(",", ":"))
+        return json.dumps(frame, separators=(",", ":")).encode()
 
 
 def error(code: ErrorCode, detail: str, client_id: str | None = None) -> dict[str, Any]:

@@ -24,6 +24,9 @@ class Socket:
         self._receive = receive
         self.http_response = http_response  # the server can answer a handshake with its own response
         self._send = send
+        # Our protocol (ws_protocol.py) when uvicorn runs it: its `write_text` skips the ASGI send.
+        self._protocol: Any = getattr(send, "__self__", None)
+        self._direct = callable(getattr(self._protocol, "write_text", None))
         self._send_timeout_s = send_timeout_s
         self.open = False  # accepted and not yet closed or disconnected
         self.close_code: int | None = None
@@ -67,7 +70,11 @@ class Socket:
         """Send a frame, or raise Disconnected; a client that does not read is cut off."""
         if not self.open:
             raise Disconnected()
-        message = {"type": "websocket.send", "text": encode(frame)}
+        data = encode(frame)
+        if self._direct and self._protocol.write_text(data):
+            # Written to the transport at once: no ASGI message, no wait, nothing to time out.
+            return
+        message = {"type": "websocket.send", "text": data.decode()}
         try:
             if self.writable():
                 # The transport takes it now: nothing to time out, and arming a timer per frame
@@ -86,8 +93,7 @@ class Socket:
 
     def writable(self) -> bool:
         """Whether a send now completes at once: the transport is not asking us to pause."""
-        protocol = getattr(self._send, "__self__", None)
-        flag = getattr(protocol, "writable", None)
+        flag = getattr(self._protocol, "writable", None)
         return self.open and (flag is None or flag.is_set())
 
     async def close(self, code: int, reason: str = "") -> None:
@@ -105,6 +111,6 @@ class Socket:
 
     def abort(self) -> None:
         self.open = False
-        transport = getattr(getattr(self._send, "__self__", None), "transport", None)
+        transport = getattr(self._protocol, "transport", None)
         if transport is not None:
             transport.abort()  # connection_lost then queues the disconnect for receive()

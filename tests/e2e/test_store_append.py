@@ -1,26 +1,32 @@
-"""Store.append_message on the real databases: the turn path's one-statement write.
+"""Database.append_message on the real databases: the turn path's one-statement write.
 
 On PostgreSQL it is a single statement sent without a transaction around it, so any mistake in it
 (a wrong row updated, a check that lets a duplicate through) would be committed at once. These
-tests read the tables back after each call.
+tests read the tables back after each call. Each runs twice: through the turn path's asyncpg lane
+(pg_turn_writes.py; on SQLite, the writer thread) and through the engine (`Store.append_message`
+in a unit of work, as the sweep runs it): the same statement by two routes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from support.client import aio
 
 from server.config import Settings
 from server.db.engine import make_engine
 from server.db.migrate import upgrade_to_head
+from server.db.pg_turn_writes import APPLICATION_NAME, PgTurnWrites, asyncpg_dsn
 from server.db.schema import conversations, messages
 from server.db.sqlite_writer import SqliteWriter
-from server.db.store import ReplyMeta, Store, new_id, utcnow
-from server.db.uow import Database
+from server.db.store import ReplyMeta, Store, new_id, unsaved, utcnow
+from server.db.uow import Database, DatabaseUnavailable
 
 
 @pytest.fixture
@@ -28,15 +34,22 @@ def database_url(db: str, databases) -> str:  # type: ignore[no-untyped-def]
     return databases.url(db)
 
 
+@pytest.fixture(params=["turn path", "engine"])
+def route(request) -> str:  # type: ignore[no-untyped-def]
+    return str(request.param)
+
+
 @contextlib.asynccontextmanager
 async def open_database(url: str) -> AsyncIterator[Database]:
-    """The server's own Database (the SQLite writer included) on a migrated fresh database."""
+    """The server's own Database (the SQLite writer, PostgreSQL's asyncpg lane) on a migrated
+    fresh database."""
     settings = Settings(database_url=url)
     await upgrade_to_head(settings)
     writer = SqliteWriter(settings) if settings.is_sqlite else None
     if writer is not None:
         await writer.start()
-    database = Database(make_engine(settings), writer)
+    turn_writes = await PgTurnWrites.open(settings) if not settings.is_sqlite else None
+    database = Database(make_engine(settings), writer, turn_writes)
     try:
         yield database
     finally:
@@ -54,13 +67,14 @@ async def _conversation(database: Database, user_id: str) -> str:
     return await database.write(work)
 
 
-async def _append(database: Database, conversation_id: str, user_id: str, client_id: str | None = None,
+async def _append(database: Database, route: str, conversation_id: str, user_id: str, client_id: str | None = None,
                   role: str = "user", stats: ReplyMeta | None = None):  # type: ignore[no-untyped-def]
     message_id = new_id()
-    return message_id, await database.write_statement(lambda store: store.append_message(
-        message_id=message_id, conversation_id=conversation_id, user_id=user_id, role=role,
-        content=f"text of {message_id}", status="complete", client_id=client_id, reply_to=None,
-        now=utcnow(), stats=stats))
+    message = unsaved(message_id=message_id, conversation_id=conversation_id, role=role,
+                      content=f"text of {message_id}", status="complete", client_id=client_id, stats=stats)
+    if route == "engine":
+        return message_id, await database.write(lambda store: store.append_message(message, user_id))
+    return message_id, await database.append_message(message, user_id)
 
 
 async def _rows(database: Database):  # type: ignore[no-untyped-def]
@@ -74,12 +88,12 @@ async def _rows(database: Database):  # type: ignore[no-untyped-def]
 
 
 @aio
-async def test_append_takes_the_next_seq_and_leaves_the_conversation_row_whole(database_url):
+async def test_append_takes_the_next_seq_and_leaves_the_conversation_row_whole(database_url, route):
     async with open_database(database_url) as database:
         conversation_id = await _conversation(database, "alice")
         convs_before, _ = await _rows(database)
-        _, first = await _append(database, conversation_id, "alice", client_id="c-2")
-        reply_id, reply = await _append(database, conversation_id, "alice", role="assistant",
+        _, first = await _append(database, route, conversation_id, "alice", client_id="c-2")
+        reply_id, reply = await _append(database, route, conversation_id, "alice", role="assistant",
                                         stats=ReplyMeta(model="m", prompt_tokens=3, completion_tokens=4,
                                                         first_token_ms=5))
         assert (first.seq, reply.seq) == (2, 3)
@@ -99,22 +113,66 @@ async def test_append_takes_the_next_seq_and_leaves_the_conversation_row_whole(d
 
 
 @aio
-async def test_append_writes_nothing_for_a_foreign_or_unknown_conversation_or_a_used_client_id(database_url):
+async def test_append_writes_nothing_for_a_foreign_or_unknown_conversation_or_a_used_client_id(database_url, route):
     async with open_database(database_url) as database:
         conversation_id = await _conversation(database, "alice")
         before = await _rows(database)
-        assert (await _append(database, conversation_id, "mallory", client_id="m-1"))[1] is None
-        assert (await _append(database, new_id(), "alice", client_id="c-9"))[1] is None
-        assert (await _append(database, conversation_id, "alice", client_id="c-1"))[1] is None  # used by seq 1
+        assert (await _append(database, route, conversation_id, "mallory", client_id="m-1"))[1] is None
+        assert (await _append(database, route, new_id(), "alice", client_id="c-9"))[1] is None
+        assert (await _append(database, route, conversation_id, "alice", client_id="c-1"))[1] is None  # used by seq 1
         assert await _rows(database) == before
 
 
 @aio
-async def test_a_client_id_is_per_user(database_url):
+async def test_a_client_id_is_per_user(database_url, route):
     async with open_database(database_url) as database:
         alice = await _conversation(database, "alice")
         bob = await _conversation(database, "bob")
-        _, message = await _append(database, bob, "bob", client_id="c-1b")
+        _, message = await _append(database, route, bob, "bob", client_id="c-1b")
         assert message is not None and message.seq == 2
-        _, again = await _append(database, alice, "alice", client_id="c-1b")
+        _, again = await _append(database, route, alice, "alice", client_id="c-1b")
         assert again is not None and again.seq == 2
+
+
+@aio
+async def test_a_reply_id_taken_is_an_integrity_error_and_writes_nothing(database_url, route):
+    # The producer relies on it: a reply stored meanwhile by another process's sweep keeps its id,
+    # and the second store must fail whole (no seq taken) for the producer to read that row back.
+    async with open_database(database_url) as database:
+        conversation_id = await _conversation(database, "alice")
+        reply = unsaved(message_id=new_id(), conversation_id=conversation_id, role="assistant",
+                        content="swept", status="interrupted")
+        assert await database.append_message(reply, "alice") is not None
+        before = await _rows(database)
+        again = dataclasses.replace(reply, content="late", status="complete")
+        with pytest.raises(IntegrityError):
+            if route == "engine":
+                await database.write(lambda store: store.append_message(again, "alice"))
+            else:
+                await database.append_message(again, "alice")
+        assert await _rows(database) == before
+
+
+@aio
+async def test_the_turn_path_survives_its_connections_being_killed(pg, databases):
+    # A PostgreSQL restart or a pooler dropping connections: the next turn writes on a fresh one.
+    async with open_database(databases.url("postgres")) as database:
+        conversation_id = await _conversation(database, "alice")
+        assert (await _append(database, "turn path", conversation_id, "alice"))[1] is not None
+        conn = await asyncpg.connect(asyncpg_dsn(databases.url("postgres")))
+        try:
+            killed = await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+                APPLICATION_NAME)
+        finally:
+            await conn.close()
+        assert killed >= 1
+        results = []
+        for _ in range(3):
+            try:
+                results.append((await _append(database, "turn path", conversation_id, "alice"))[1])
+            except DatabaseUnavailable:
+                results.append(None)  # at most the write that found its connection dead
+        assert all(r is not None for r in results[1:]), results
+        _, msgs = await _rows(database)
+        assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1))

@@ -9,7 +9,7 @@ import pytest
 from support.client import aio
 
 from server.chat.backends import ChatTurn, make_backend
-from server.chat.backends.echo import EchoBackend
+from server.chat.backends.echo import YIELD_EVERY, EchoBackend
 from server.config import Settings
 
 
@@ -102,11 +102,35 @@ async def test_cancelling_the_consumer_stops_the_stream():
 
 @aio
 async def test_cancel_is_seen_between_pieces_even_without_delay():
-    # With no delay the stream still yields to the loop before each piece, so a cancel lands.
+    # With no delay the stream still yields to the loop every YIELD_EVERY pieces, so a cancel lands.
     stream = EchoBackend(0).stream(ChatTurn("conv", " ".join(["w"] * 100_000)))
     got = await consume_until_first_piece_then_cancel(stream)
-    assert 1 <= len(got) < 10  # a few loop turns at most, not the 100,002 pieces
+    assert 1 <= len(got) <= 3 * YIELD_EVERY  # a few loop turns at most, not the 100,002 pieces
     assert stream.ag_frame is None
+
+
+@aio
+async def test_without_delay_a_long_reply_lets_other_tasks_run_every_few_pieces():
+    # No pause means a burst, but a bounded one: a reply of 100,000 words must not hold the loop.
+    ticks = 0
+    pieces_at_tick: list[int] = []
+    got: list[str] = []
+
+    async def other_socket() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            pieces_at_tick.append(len(got))
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(other_socket())
+    await asyncio.sleep(0)
+    async for piece in EchoBackend(0).stream(ChatTurn("conv", " ".join(["w"] * 10_000))):
+        got.append(piece)
+    other.cancel()
+    gaps = [b - a for a, b in zip(pieces_at_tick, pieces_at_tick[1:], strict=False)]
+    assert len(got) == 10_002 and ticks >= 10_002 // YIELD_EVERY
+    assert max(gaps) <= YIELD_EVERY
 
 
 @aio

@@ -243,8 +243,7 @@ def test_error_frame_repeats_a_string_client_id(client_id):
 
 @pytest.mark.parametrize("code", list(ErrorCode))
 def test_encoded_error_is_compact_json_with_the_wire_code(code):
-    text = encode(error(code, "détail 𝄞", "k"))
-    assert isinstance(text, str)
+    text = encode(error(code, "détail 𝄞", "k")).decode("utf-8")  # a text frame's payload: UTF-8
     assert "\n" not in text and ", " not in text
     assert orjson.loads(text) == {"type": "error", "code": code.value, "detail": "détail 𝄞", "client_id": "k"}
 
@@ -289,6 +288,6 @@ def test_storable_refuses_only_nul_and_lone_surrogates():
 
 def test_error_repeating_a_lone_surrogate_client_id_is_still_json_that_round_trips():
     client_id = json.loads(r'"x\udfff"')
-    text = encode(error(ErrorCode.INVALID, "bad", client_id))
-    text.encode("utf-8")  # sendable as a text frame: the surrogate is escaped, not raw
-    assert json.loads(text)["client_id"] == client_id
+    payload = encode(error(ErrorCode.INVALID, "bad", client_id))
+    payload.decode("utf-8")  # valid UTF-8, sendable as a text frame: the surrogate is escaped, not raw
+    assert json.loads(payload)["client_id"] == client_id

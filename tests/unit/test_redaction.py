@@ -73,3 +73,19 @@ def test_env_example_lists_every_setting_with_its_default():
             assert float(lines[name]) == default, name
         elif isinstance(default, str):
             assert lines[name] == default, name
+
+
+def test_the_line_time_is_the_standard_one_though_computed_once_a_second():
+    ours, standard = RedactingFormatter("%(asctime)s %(message)s"), logging.Formatter("%(asctime)s %(message)s")
+    base = 1_790_000_000.0
+    for created in (base + 0.001, base + 0.999, base + 1.5, base + 1.5, base - 3600.25, base + 86_400.042):
+        record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.format(record) == standard.format(record)
+
+
+def test_a_secret_added_later_is_redacted_whole_even_inside_a_longer_one():
+    add_secret("short-secret-value")
+    add_secret("prefix-short-secret-value-suffix")
+    out = redact("a prefix-short-secret-value-suffix and a short-secret-value")
+    assert "secret-value" not in out and out.count(REDACTED) == 2

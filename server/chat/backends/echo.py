@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from server.chat.backends.base import ChatTurn
 
 _WORD = re.compile(r"\S+\s*")
+YIELD_EVERY = 32
 
 
 class EchoBackend:
@@ -24,10 +25,12 @@ class EchoBackend:
 
     async def stream(self, turn: ChatTurn) -> AsyncIterator[str]:
         turn.stats.model = self.name
-        for piece in _WORD.findall(self.reply_to(turn.user_message)):
-            # A pause before each delta looks like typing; with no pause, still yield to the loop
-            # so a cancel is seen between deltas.
-            await asyncio.sleep(self.delay_s)
+        for n, piece in enumerate(_WORD.findall(self.reply_to(turn.user_message))):
+            # A pause before each delta looks like typing. With no pause the reply comes at once,
+            # as a fast model's does; every YIELD_EVERY deltas it still yields to the loop, so that a
+            # long one cannot hold up other sockets, and a cancel is seen.
+            if self.delay_s or n % YIELD_EVERY == 0:
+                await asyncio.sleep(self.delay_s)
             yield piece
 
     async def ready(self) -> bool:
