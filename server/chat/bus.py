@@ -12,7 +12,7 @@ many processes (PostgreSQL LISTEN/NOTIFY) implements the same methods.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -60,7 +60,7 @@ class Reply:
     followers: list[Follower] = field(default_factory=list)
     outcome: Outcome | None = None
     stop_reason: str | None = None  # cancelled, interrupted or deleted, set once
-    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    on_stop: Callable[[], object] | None = None  # the producer's: stops the model's stream
     task: asyncio.Task[None] | None = None  # the producer
     detached: asyncio.TimerHandle | bool = False  # its timer (or True with no limit) while no one follows
 
@@ -75,7 +75,8 @@ class Reply:
     def stop(self, reason: str) -> None:
         if self.stop_reason is None and self.outcome is None:
             self.stop_reason = reason
-            self.stopped.set()
+            if self.on_stop is not None:
+                self.on_stop()
 
     def start_frame(self) -> dict[str, Any]:
         return outgoing.start(self.conversation_id, self.id, self.reply_to)

@@ -8,7 +8,6 @@ when the socket that asked for it goes away.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -158,25 +157,28 @@ async def stream_reply(backend: Backend, turn: ChatTurn, reply: Reply, publish: 
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 
+    # The stream runs in a task of its own, so that a stop (Reply.stop) or the timeout can end it
+    # at any await, and this one goes on to say how the reply ended.
     pumping = asyncio.ensure_future(pump())
-    stopping = asyncio.ensure_future(reply.stopped.wait())
+    reply.on_stop = pumping.cancel
+    if reply.stop_reason is not None:  # stopped before it began
+        pumping.cancel()
     try:
-        done, _ = await asyncio.wait({pumping, stopping}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-        if not pumping.done():
-            pumping.cancel()  # the backend's finally closes its upstream stream now
-        with contextlib.suppress(BaseException):
-            await pumping
-    if pumping in done:
-        error = pumping.exception()
-        if error is None:
-            return "complete", None
-        if isinstance(error, BackendError):
-            log.warning("backend %s failed on reply %s: %s", backend.name, reply.id, error)
-            return "error", str(error)
+        async with asyncio.timeout(timeout_s):
+            await pumping  # when this task is cancelled (or times out), so is the stream, first
+    except asyncio.CancelledError:
+        this = asyncio.current_task()
+        if this is not None and this.cancelling():
+            raise  # the producer itself is cancelled, not the reply stopped
+        return reply.stop_reason or "cancelled", None
+    except TimeoutError:
+        return "error", f"the model did not finish its reply within {timeout_s:g} s (CHAT_LLM_TIMEOUT_S)"
+    except BackendError as error:
+        log.warning("backend %s failed on reply %s: %s", backend.name, reply.id, error)
+        return "error", str(error)
+    except Exception as error:
         log.error("backend %s failed on reply %s", backend.name, reply.id, exc_info=error)
         return "error", f"the model backend failed unexpectedly ({type(error).__name__})"
-    if stopping in done:
-        return reply.stop_reason or "cancelled", None
-    return "error", f"the model did not finish its reply within {timeout_s:g} s (CHAT_LLM_TIMEOUT_S)"
+    finally:
+        reply.on_stop = None
+    return "complete", None
