@@ -34,7 +34,7 @@ async def accept_message(db: Database, user_id: str, frame: MessageFrame, curren
     """Commit the user's message with the claim on its reply, or find the original when its
     client_id was seen before (then nothing is written)."""
     accepted = await _append_to_conversation(db, user_id, frame, current, claim)
-    if accepted is None:  # a new conversation, a duplicate, or one not found: the full unit decides
+    if accepted is None:  # a duplicate, one not found, a new one on SQLite: the full unit decides
         for attempt in range(2):
             try:
                 accepted = await db.write(_accept(user_id, frame, current, claim))
@@ -54,15 +54,18 @@ async def accept_message(db: Database, user_id: str, frame: MessageFrame, curren
 
 async def _append_to_conversation(db: Database, user_id: str, frame: MessageFrame,
                                   current: str | None, claim: Claim) -> Accepted | None:
-    """The common case in one statement: a new message to a conversation the user has."""
+    """The common cases in one statement: a new message to a conversation the user has, or (on
+    PostgreSQL) the first message of a new one."""
     conversation_id = frame.conversation_id if frame.conversation_id is not ABSENT else current
-    if conversation_id is None or not known_id(conversation_id):
+    if conversation_id is not None and not known_id(conversation_id):
         return None
-
-    message = unsaved(message_id=new_id(), conversation_id=conversation_id, role="user", content=frame.content,
-                      status="complete", client_id=frame.client_id)
+    message = unsaved(message_id=new_id(), conversation_id=conversation_id or new_id(), role="user",
+                      content=frame.content, status="complete", client_id=frame.client_id)
     try:
-        stored = await db.append_message(message, user_id, claim)
+        if conversation_id is None:
+            stored = await db.start_conversation(message, user_id, claim)
+        else:
+            stored = await db.append_message(message, user_id, claim)
     except IntegrityError:  # the same client_id committed by another socket just now
         return None
     return None if stored is None else Accepted(stored, duplicate=False)

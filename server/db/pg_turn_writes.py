@@ -1,7 +1,8 @@
 """A turn's two writes on PostgreSQL, sent through asyncpg directly.
 
 In the common case a turn's whole database work is two statements (store.py's `_append_statement`:
-the user message with the claim on its reply, then the reply releasing it). Through SQLAlchemy each
+the user message with the claim on its reply, then the reply releasing it; a conversation's first
+message is `_start_statement`). Through SQLAlchemy each
 one paid for a pool checkout and checkin, a hop into its greenlet, an execution context and a
 result object: a third of a turn's CPU on PostgreSQL, more than asyncpg's own work
 (docs/benchmarks.md). Here they run on an asyncpg pool of their own, as prepared statements,
@@ -45,8 +46,9 @@ class _Compiled:
         return [params[name] if name in params else defaults[name] for name in self.names]
 
 
-_CLAIMING = _Compiled(store.APPEND_CLAIMING)
-_RELEASING = _Compiled(store.APPEND_RELEASING)
+APPEND_CLAIMING = _Compiled(store.APPEND_CLAIMING)
+APPEND_RELEASING = _Compiled(store.APPEND_RELEASING)
+START_CONVERSATION = _Compiled(store.START_CONVERSATION)
 
 # What a broken or unreachable server looks like from asyncpg (a constraint violation is not one).
 _UNAVAILABLE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, ConnectionError, OSError,
@@ -84,9 +86,15 @@ class PgTurnWrites:
         return cls(pool, settings.db_pool_timeout_s)
 
     async def append(self, params: dict[str, Any], claiming: bool) -> int | None:
-        """Run store.py's append statement with `params` (p_<column> names); the message's seq,
-        or None when nothing was written (see `Store.append_message`)."""
-        statement = _CLAIMING if claiming else _RELEASING
+        """store.py's append statement with `params` (p_<column> names): the message's seq, or
+        None when nothing was written (see `Store.append_message`)."""
+        return await self._run(APPEND_CLAIMING if claiming else APPEND_RELEASING, params)
+
+    async def start(self, params: dict[str, Any]) -> int | None:
+        """store.py's conversation start with `params`: 1, or None when the client_id was used."""
+        return await self._run(START_CONVERSATION, params)
+
+    async def _run(self, statement: _Compiled, params: dict[str, Any]) -> int | None:
         args = statement.args(params)
         start = time.perf_counter()
         # With a connection idle, acquiring does not wait: no timeout (and its timer and task).

@@ -136,14 +136,7 @@ def _append_statement(claiming: bool) -> Any:
     values = [next_seq.c.last_seq if c is m.seq else _p(f"p_{c.name}", type_=c.type) for c in columns]
     inserted = insert(messages).from_select([c.name for c in columns], select(*values)).returning(m.seq, m.id)
     if claiming:
-        appended = inserted.cte("appended")
-        flight = insert(replies_in_flight).from_select(
-            ["user_message_id", "reply_id", "conversation_id", "user_id", "owner", "started_at", "content"],
-            select(appended.c.id, _p("p_reply_id", type_=f.reply_id.type),
-                   _p("p_conversation_id", type_=f.conversation_id.type), _p("p_user_id", type_=f.user_id.type),
-                   _p("p_owner", type_=f.owner.type), _p("p_created_at", type_=f.started_at.type),
-                   literal_column("''"))).cte("flight")
-        return select(appended.c.seq).add_cte(flight)
+        return _claiming(inserted.cte("appended"))
     appended = inserted.cte("appended")
     landed = (delete(replies_in_flight)
               .where(f.user_message_id == _p("p_reply_to"), f.reply_id == _p("p_id"))
@@ -151,8 +144,43 @@ def _append_statement(claiming: bool) -> Any:
     return select(appended.c.seq).add_cte(landed)
 
 
+def _start_statement() -> Any:
+    """PostgreSQL: a new conversation, its first message (seq 1) and the claim on its reply, in one
+    statement, as _append_statement does for a conversation that exists. Nothing is written when
+    the client_id was used before (the caller then finds the original)."""
+    m, c = messages.c, conversations.c
+    client_id_used = exists().where(m.user_id == _p("p_user_id"), m.client_id == _p("p_client_id"))
+    started = (insert(conversations)
+               .from_select(["id", "user_id", "title", "created_at", "updated_at", "last_seq"],
+                            select(_p("p_conversation_id", type_=c.id.type), _p("p_user_id", type_=c.user_id.type),
+                                   _p("p_title", type_=c.title.type), _p("p_created_at", type_=c.created_at.type),
+                                   _p("p_created_at", type_=c.updated_at.type), literal_column("1"))
+                            .where(~client_id_used))
+               .returning(c.id)
+               .cte("started"))
+    columns = [*MESSAGE_COLUMNS, m.user_id]
+    values = [literal_column("1") if col is m.seq else started.c.id if col is m.conversation_id
+              else _p(f"p_{col.name}", type_=col.type) for col in columns]
+    inserted = (insert(messages).from_select([col.name for col in columns], select(*values).select_from(started))
+                .returning(m.seq, m.id))
+    return _claiming(inserted.cte("appended"))
+
+
+def _claiming(appended: Any) -> Any:
+    """The seq of `appended` (a CTE inserting a user message), recording the claim on its reply."""
+    f = replies_in_flight.c
+    flight = insert(replies_in_flight).from_select(
+        ["user_message_id", "reply_id", "conversation_id", "user_id", "owner", "started_at", "content"],
+        select(appended.c.id, _p("p_reply_id", type_=f.reply_id.type),
+               _p("p_conversation_id", type_=f.conversation_id.type), _p("p_user_id", type_=f.user_id.type),
+               _p("p_owner", type_=f.owner.type), _p("p_created_at", type_=f.started_at.type),
+               literal_column("''"))).cte("flight")
+    return select(appended.c.seq).add_cte(flight)
+
+
 APPEND_CLAIMING = _append_statement(claiming=True)
 APPEND_RELEASING = _append_statement(claiming=False)
+START_CONVERSATION = _start_statement()
 _INSERT_IN_FLIGHT = insert(replies_in_flight)
 _DELETE_IN_FLIGHT = delete(replies_in_flight).where(replies_in_flight.c.user_message_id == _p("p_message"),
                                                     replies_in_flight.c.reply_id == _p("p_reply"))
@@ -201,7 +229,8 @@ def _row(message: Message, user_id: str) -> dict[str, Any]:
 
 
 def append_params(message: Message, user_id: str, claim: Claim | None) -> dict[str, Any]:
-    """The parameters of APPEND_CLAIMING (with `claim`) or APPEND_RELEASING."""
+    """The parameters of APPEND_CLAIMING (with `claim`) or APPEND_RELEASING; with p_title, of
+    START_CONVERSATION."""
     params = {f"p_{k}": v for k, v in _row(message, user_id).items()}
     if claim is not None:
         params.update(p_reply_id=claim.reply_id, p_owner=claim.owner)

@@ -22,7 +22,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from server import metrics
 from server.db.sqlite_writer import SqliteWriter
-from server.db.store import Claim, Message, Store, append_params
+from server.db.store import Claim, Message, Store, append_params, title_from
 
 if TYPE_CHECKING:
     from server.db.pg_turn_writes import PgTurnWrites
@@ -65,6 +65,17 @@ class Database:
         if self.turn_writes is None:
             return await self.write(lambda store: store.append_message(message, user_id, claim))
         seq = await self.turn_writes.append(append_params(message, user_id, claim), claiming=claim is not None)
+        return None if seq is None else dataclasses.replace(message, seq=seq)
+
+    async def start_conversation(self, message: Message, user_id: str, claim: Claim) -> Message | None:
+        """On PostgreSQL, a new conversation (`message.conversation_id`, titled from its content)
+        with `message` as its first, in one statement; None when the client_id was used before.
+        Elsewhere None: the caller's unit of work does it."""
+        if self.turn_writes is None:
+            return None
+        params = append_params(message, user_id, claim)
+        params["p_title"] = title_from(message.content)
+        seq = await self.turn_writes.start(params)
         return None if seq is None else dataclasses.replace(message, seq=seq)
 
     async def read(self, work: Work[T]) -> T:

@@ -25,7 +25,7 @@ from server.db.migrate import upgrade_to_head
 from server.db.pg_turn_writes import APPLICATION_NAME, PgTurnWrites, asyncpg_dsn
 from server.db.schema import conversations, messages
 from server.db.sqlite_writer import SqliteWriter
-from server.db.store import ReplyMeta, Store, new_id, unsaved, utcnow
+from server.db.store import Claim, Message, ReplyMeta, Store, new_id, unsaved, utcnow
 from server.db.uow import Database, DatabaseUnavailable
 
 
@@ -176,3 +176,40 @@ async def test_the_turn_path_survives_its_connections_being_killed(pg, databases
         assert all(r is not None for r in results[1:]), results
         _, msgs = await _rows(database)
         assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1))
+
+
+@aio
+async def test_a_conversation_starts_in_one_statement_with_its_first_message_and_claim(pg, databases):
+    async with open_database(databases.url("postgres")) as database:
+        claim = Claim(new_id(), "owner-1")
+        first = unsaved(message_id=new_id(), conversation_id=new_id(), role="user",
+                        content="  Hello   there,\nfriend  ", status="complete", client_id="k-1")
+        stored = await database.start_conversation(first, "alice", claim)
+        assert stored is not None and stored.seq == 1 and stored.id == first.id
+        convs, msgs = await _rows(database)
+        assert [(c["id"], c["user_id"], c["title"], c["last_seq"]) for c in convs] == [
+            (first.conversation_id, "alice", "Hello there, friend", 1)]
+        assert convs[0]["created_at"] == convs[0]["updated_at"] == first.created_at
+        assert [(m["id"], m["seq"], m["user_id"], m["client_id"]) for m in msgs] == [(first.id, 1, "alice", "k-1")]
+        in_flight = await database.read(lambda store: store.orphans("someone else"))
+        assert [(o.user_message_id, o.reply_id, o.conversation_id, o.user_id) for o in in_flight] == [
+            (first.id, claim.reply_id, first.conversation_id, "alice")]
+        # The conversation goes on with the append statement.
+        _, second = await _append(database, "turn path", first.conversation_id, "alice", client_id="k-2")
+        assert second.seq == 2
+
+
+@aio
+async def test_a_used_client_id_starts_nothing_and_another_users_does(pg, databases):
+    async with open_database(databases.url("postgres")) as database:
+        await _conversation(database, "alice")  # its first message has client_id c-1
+        before = await _rows(database)
+
+        def first_message(client_id: str) -> Message:
+            return unsaved(message_id=new_id(), conversation_id=new_id(), role="user", content="again",
+                           status="complete", client_id=client_id)
+
+        assert await database.start_conversation(first_message("c-1"), "alice", Claim(new_id(), "o")) is None
+        assert await _rows(database) == before
+        assert await database.start_conversation(first_message("c-1"), "bob", Claim(new_id(), "o")) is not None
+        assert await database.start_conversation(first_message("c-9"), "alice", Claim(new_id(), "o")) is not None
