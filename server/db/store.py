@@ -95,10 +95,19 @@ MESSAGE_COLUMNS = (
 _p = bindparam
 _INSERT_CONVERSATION = insert(conversations)
 _INSERT_MESSAGE = insert(messages)
+# A conversation's updated_at is when its person last wrote in it: a user message moves it, a reply
+# does not. updated_at is indexed (the conversation list's order), so an UPDATE that changes it
+# writes new index entries, while one that changes only last_seq is a HOT update: about a sixth
+# of PostgreSQL's work per turn, measured (docs/benchmarks.md).
 _NEXT_SEQ = (
     update(conversations)
     .where(conversations.c.id == _p("p_conversation"), conversations.c.user_id == _p("p_user"))
     .values(last_seq=conversations.c.last_seq + 1, updated_at=_p("p_now"))
+    .returning(conversations.c.last_seq))
+_NEXT_SEQ_OF_REPLY = (
+    update(conversations)
+    .where(conversations.c.id == _p("p_conversation"), conversations.c.user_id == _p("p_user"))
+    .values(last_seq=conversations.c.last_seq + 1)
     .returning(conversations.c.last_seq))
 _OWNS: Select[Any] = select(literal_column("1")).where(conversations.c.id == _p("p_conversation"),
                                                       conversations.c.user_id == _p("p_user"))
@@ -124,11 +133,12 @@ def _append_statement(claiming: bool) -> Any:
     # added to the UPDATE's SET clause by SQLAlchemy.
     m, f = messages.c, replies_in_flight.c
     client_id_used = exists().where(m.user_id == _p("p_user_id"), m.client_id == _p("p_client_id"))
+    moved: dict[str, Any] = {"updated_at": _p("p_created_at")} if claiming else {}  # a user message (_NEXT_SEQ)
     next_seq = (
         update(conversations)
         .where(conversations.c.id == _p("p_conversation_id"), conversations.c.user_id == _p("p_user_id"),
                ~client_id_used)
-        .values(last_seq=conversations.c.last_seq + 1, updated_at=_p("p_created_at"))
+        .values(last_seq=conversations.c.last_seq + 1, **moved)
         .returning(conversations.c.last_seq)
         .cte("next_seq"))
     columns = [*MESSAGE_COLUMNS, m.user_id]
@@ -178,8 +188,8 @@ def _claiming(appended: Any) -> Any:
     return select(appended.c.seq).add_cte(flight)
 
 
-APPEND_CLAIMING = _append_statement(claiming=True)
-APPEND_RELEASING = _append_statement(claiming=False)
+APPEND_CLAIMING = _append_statement(claiming=True)  # a user message
+APPEND_RELEASING = _append_statement(claiming=False)  # a reply
 START_CONVERSATION = _start_statement()
 _INSERT_IN_FLIGHT = insert(replies_in_flight)
 _DELETE_IN_FLIGHT = delete(replies_in_flight).where(replies_in_flight.c.user_message_id == _p("p_message"),
@@ -267,9 +277,14 @@ class Store:
             "updated_at": now, "last_seq": 1})
         return conversation_id
 
-    def next_seq(self, conversation_id: str, user_id: str, now: datetime) -> int | None:
-        """Reserve the conversation's next position; None when it is not this user's."""
-        result = self.conn.execute(_NEXT_SEQ, {"p_conversation": conversation_id, "p_user": user_id, "p_now": now})
+    def next_seq(self, conversation_id: str, user_id: str, now: datetime | None) -> int | None:
+        """Reserve the conversation's next position, and move its updated_at to `now` (None: a
+        reply, which leaves it); None when it is not this user's."""
+        if now is None:
+            result = self.conn.execute(_NEXT_SEQ_OF_REPLY, {"p_conversation": conversation_id, "p_user": user_id})
+        else:
+            result = self.conn.execute(_NEXT_SEQ, {"p_conversation": conversation_id, "p_user": user_id,
+                                                   "p_now": now})
         return result.scalar()
 
     def owns_conversation(self, conversation_id: str, user_id: str) -> bool:
@@ -331,7 +346,8 @@ class Store:
         else:
             if message.client_id is not None and self.by_client_id(user_id, message.client_id) is not None:
                 return None
-            seq = self.next_seq(message.conversation_id, user_id, message.created_at)
+            moved_at = message.created_at if message.role == "user" else None  # see _NEXT_SEQ
+            seq = self.next_seq(message.conversation_id, user_id, moved_at)
             if seq is not None:
                 self.conn.execute(_INSERT_MESSAGE, {**_row(message, user_id), "seq": seq})
                 if claim is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -72,9 +73,14 @@ async def _append(database: Database, route: str, conversation_id: str, user_id:
     message_id = new_id()
     message = unsaved(message_id=message_id, conversation_id=conversation_id, role=role,
                       content=f"text of {message_id}", status="complete", client_id=client_id, stats=stats)
+    claim = Claim(new_id(), "owner") if role == "user" else None  # as a turn sends them
     if route == "engine":
-        return message_id, await database.write(lambda store: store.append_message(message, user_id))
-    return message_id, await database.append_message(message, user_id)
+        return message_id, await database.write(lambda store: store.append_message(message, user_id, claim))
+    return message_id, await database.append_message(message, user_id, claim)
+
+
+def aware(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)  # SQLite hands back naive UTC
 
 
 async def _rows(database: Database):  # type: ignore[no-untyped-def]
@@ -102,7 +108,9 @@ async def test_append_takes_the_next_seq_and_leaves_the_conversation_row_whole(d
         before, after = convs_before[0], convs[0]
         assert {k: after[k] for k in ("id", "user_id", "title", "created_at")} == \
             {k: before[k] for k in ("id", "user_id", "title", "created_at")}
-        assert after["last_seq"] == 3 and after["updated_at"] >= before["updated_at"]
+        assert after["last_seq"] == 3
+        # updated_at is when the person last wrote: the user message moved it, the reply did not.
+        assert aware(after["updated_at"]) == first.created_at > aware(before["updated_at"])
         assert [(m["seq"], m["role"], m["client_id"], m["user_id"]) for m in msgs] == [
             (1, "user", "c-1", "alice"), (2, "user", "c-2", "alice"), (3, "assistant", None, "alice")]
         stored = msgs[2]
