@@ -2,12 +2,12 @@
 
 In the common case a turn's whole database work is two statements (store.py's `_append_statement`:
 the user message with the claim on its reply, then the reply releasing it; a conversation's first
-message is `_start_statement`). Through SQLAlchemy each
-one paid for a pool checkout and checkin, a hop into its greenlet, an execution context and a
-result object: a third of a turn's CPU on PostgreSQL, more than asyncpg's own work
-(docs/benchmarks.md). Here they run on an asyncpg pool of their own, as prepared statements,
-one round trip each. Their SQL is still SQLAlchemy's, compiled once from the statements in
-store.py, so each has one definition. Everything else stays on the engine.
+message is `_start_statement`). Through SQLAlchemy each one paid for a pool checkout and checkin,
+a hop into its greenlet, an execution context and a result object: a third of a turn's CPU on
+PostgreSQL, more than asyncpg's own work (docs/benchmarks.md). Here they run on an asyncpg pool
+of their own, as prepared statements, one round trip each. Their SQL is still SQLAlchemy's,
+compiled once from the statements in store.py, so each has one definition. Everything else stays
+on the engine.
 
 Each statement is sent with no BEGIN or COMMIT around it: PostgreSQL runs it as its own
 transaction and commits it (WAL flushed) before it answers, so a return is a commit.

@@ -37,7 +37,8 @@ class DatabaseUnavailable(Exception):
 
 class Database:
     """Writes on SQLite go through one writer thread that commits in groups (sqlite_writer.py);
-    reads, and everything on PostgreSQL, run on a pooled async connection."""
+    on PostgreSQL a turn's writes go through asyncpg directly (pg_turn_writes.py). The rest runs
+    on a pooled connection of the engine."""
 
     def __init__(self, engine: AsyncEngine, writer: SqliteWriter | None = None,
                  turn_writes: PgTurnWrites | None = None):

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support.servers import PG_ADMIN_URL
+
 LOADGEN = Path(__file__).resolve().parents[2] / "bench" / "loadgen.py"
 
 
@@ -20,6 +22,7 @@ def test_load_mode_completes_every_turn(server):
                          "--pid", str(server.pid))
     assert result["failures"] == 0 and result["turns"] == 15, result
     assert result["turns_per_s"] > 0 and result["cpu_ms_per_turn"] is not None
+    assert result["machine_cpu_ms_per_turn"] > 0 and result["loadgen_cpu_ms_per_turn"] > 0, result
 
 
 def test_idle_mode_reports_rss_per_socket(server):
@@ -33,3 +36,10 @@ def test_runner_quick_mode_runs_chat_server_and_the_ceiling():
                          text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "ceiling" in out.stdout and "chat-server" in out.stdout, out.stdout[-2000:]
+
+
+def test_pg_turn_cost_measures_both_variants(pg):
+    out = subprocess.run([sys.executable, str(LOADGEN.parent / "pg_turn_cost.py"), "--turns", "20", "--rounds", "1",
+                          "--dsn", PG_ADMIN_URL], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "chat-server: PostgreSQL CPU" in out.stdout and "minimal: PostgreSQL CPU" in out.stdout, out.stdout
