@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 DRAIN_S = 2.0
 MAX_FRAGMENTS = 64  # PROTOCOL.md: a message in more fragments closes with 1008
 POLICY = 1008
+CORK_LIMIT = 1 << 16  # bytes held for one write at most (asyncio's default high-water mark)
 _HEADER_16 = struct.Struct("!BBH")  # FIN + text opcode, 126, a 16-bit length
 _HEADER_64 = struct.Struct("!BBQ")
 
@@ -134,6 +135,7 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
     bucket: TokenBucket | None = None
     slow_timer: asyncio.TimerHandle | None = None
     corked: list[bytes] | None = None  # frames to write at the end of this turn of the loop
+    corked_bytes = 0
 
     @classmethod
     def configured(cls, frames_per_second: float, slow_reader_s: float) -> type[ChatWebSocketProtocol]:
@@ -240,9 +242,16 @@ class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
             frame = _HEADER_64.pack(0x81, 127, size) + payload
         if self.corked is None:
             self.corked = [frame]
+            self.corked_bytes = len(frame)
             self.loop.call_soon(self.uncork)
         else:
             self.corked.append(frame)
+            self.corked_bytes += len(frame)
+            if self.corked_bytes >= CORK_LIMIT:
+                # A long burst (a resume from seq 0 of a long reply) goes to the transport now, so
+                # that its flow control sees it: past its high-water mark it pauses us, and the
+                # rest waits for the client to read rather than piling up here.
+                self.uncork()
         return True
 
     def uncork(self) -> None:

@@ -1,4 +1,5 @@
-"""Inbox and Writable: what uvicorn's protocol needs from its asyncio.Queue and asyncio.Event."""
+"""Inbox and Writable: what uvicorn's protocol needs from its asyncio.Queue and asyncio.Event; and
+the frames our protocol writes to the transport itself (write_text, uncork)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,12 @@ import asyncio
 
 import pytest
 from support.client import aio
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 
-from server.web.ws_protocol import Inbox, Writable
+from server.web.ws_protocol import CORK_LIMIT, ChatWebSocketProtocol, Inbox, Writable
 
 
 async def settle() -> None:
@@ -98,3 +103,99 @@ async def test_writable_a_cancelled_sender_does_not_block_the_others():
     writable.set()
     assert await asyncio.wait_for(stays, 1) is True
     assert gone.cancelled()
+
+
+# -- frames written straight to the transport ----------------------------------------------------------
+class FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def open_protocol() -> tuple[ChatWebSocketProtocol, FakeTransport]:
+    """The protocol's state after an accepted handshake, without uvicorn around it."""
+    protocol = object.__new__(ChatWebSocketProtocol)
+    transport = FakeTransport()
+    protocol.transport = transport  # type: ignore[assignment]
+    protocol.loop = asyncio.get_running_loop()
+    protocol.handshake_complete = True
+    protocol.close_sent = False
+    protocol.writable = Writable()  # type: ignore[assignment]
+    protocol.conn = ServerProtocol()
+    protocol.conn.state = State.OPEN
+    return protocol, transport
+
+
+def parsed(data: bytes) -> list[str]:
+    """The text frames in `data`, parsed by websockets as a client reads them (unmasked, whole)."""
+    reader = StreamReader()
+    reader.feed_data(data)
+    texts = []
+    while reader.buffer:
+        parsing = Frame.parse(reader.read_exact, mask=False)
+        with pytest.raises(StopIteration) as parsed_frame:
+            next(parsing)  # the whole frame is there: it does not wait for more
+        frame = parsed_frame.value.value
+        assert frame.opcode is Opcode.TEXT and frame.fin
+        texts.append(bytes(frame.data).decode())
+    return texts
+
+
+@aio
+async def test_frames_of_one_loop_turn_leave_in_one_write_in_order():
+    protocol, transport = open_protocol()
+    payloads = [b'{"n":%d}' % i for i in range(5)] + [b"x" * 300, b"y" * 70_000]
+    for payload in payloads[:6]:
+        assert protocol.write_text(payload)
+    assert transport.writes == []  # held until the loop turn ends
+    await settle()
+    assert len(transport.writes) == 1 and parsed(transport.writes[0]) == [p.decode() for p in payloads[:6]]
+    assert protocol.write_text(payloads[6])  # a 64-bit length
+    await settle()
+    assert parsed(transport.writes[1]) == [payloads[6].decode()]
+
+
+@aio
+async def test_a_long_burst_reaches_the_transport_before_the_loop_turn_ends():
+    # Its flow control must see it: a resume of a long reply to a client that does not read must
+    # not sit whole in the process's memory.
+    protocol, transport = open_protocol()
+    frame = b"d" * 1000
+    for _ in range(CORK_LIMIT // 1000 + 1):
+        protocol.write_text(frame)
+    assert sum(map(len, transport.writes)) >= CORK_LIMIT
+    assert (protocol.corked_bytes if protocol.corked else 0) < CORK_LIMIT
+
+
+@aio
+async def test_no_direct_write_once_closing_paused_or_compressed():
+    for block in ("close_sent", "paused", "extension", "transport closing"):
+        protocol, transport = open_protocol()
+        if block == "close_sent":
+            protocol.close_sent = True
+        elif block == "paused":
+            protocol.writable.clear()
+        elif block == "extension":
+            protocol.conn.extensions = [object()]  # type: ignore[list-item]
+        else:
+            transport.closing = True
+        assert not protocol.write_text(b"{}"), block
+        await settle()
+        assert transport.writes == [], block
+
+
+@aio
+async def test_uncork_first_keeps_what_else_is_written_after_the_frames():
+    protocol, transport = open_protocol()
+    protocol.write_text(b'{"type":"done"}')
+    protocol.uncork()  # what send(), a pong or a close frame does before writing
+    transport.write(b"\x88\x02\x03\xe8")  # a close frame (1000)
+    await settle()
+    assert transport.writes[0].endswith(b'{"type":"done"}') and transport.writes[1].startswith(b"\x88")
+    assert len(transport.writes) == 2  # the scheduled uncork found nothing more to write
