@@ -131,23 +131,18 @@ def _append_statement(claiming: bool) -> Any:
     """
     # Parameters are named p_<column>: a key named like a column of `conversations` would be
     # added to the UPDATE's SET clause by SQLAlchemy.
-    m, f = messages.c, replies_in_flight.c
-    client_id_used = exists().where(m.user_id == _p("p_user_id"), m.client_id == _p("p_client_id"))
+    f = replies_in_flight.c
     moved: dict[str, Any] = {"updated_at": _p("p_created_at")} if claiming else {}  # a user message (_NEXT_SEQ)
     next_seq = (
         update(conversations)
         .where(conversations.c.id == _p("p_conversation_id"), conversations.c.user_id == _p("p_user_id"),
-               ~client_id_used)
+               ~_client_id_used())
         .values(last_seq=conversations.c.last_seq + 1, **moved)
         .returning(conversations.c.last_seq)
         .cte("next_seq"))
-    columns = [*MESSAGE_COLUMNS, m.user_id]
-    # Typed parameters, so that asyncpg is told each one's type in the SELECT list.
-    values = [next_seq.c.last_seq if c is m.seq else _p(f"p_{c.name}", type_=c.type) for c in columns]
-    inserted = insert(messages).from_select([c.name for c in columns], select(*values)).returning(m.seq, m.id)
+    appended = _insert_message(seq=next_seq.c.last_seq).cte("appended")
     if claiming:
-        return _claiming(inserted.cte("appended"))
-    appended = inserted.cte("appended")
+        return _claiming(appended)
     landed = (delete(replies_in_flight)
               .where(f.user_message_id == _p("p_reply_to"), f.reply_id == _p("p_id"))
               .cte("landed"))
@@ -158,22 +153,35 @@ def _start_statement() -> Any:
     """PostgreSQL: a new conversation, its first message (seq 1) and the claim on its reply, in one
     statement, as _append_statement does for a conversation that exists. Nothing is written when
     the client_id was used before (the caller then finds the original)."""
-    m, c = messages.c, conversations.c
-    client_id_used = exists().where(m.user_id == _p("p_user_id"), m.client_id == _p("p_client_id"))
+    c = conversations.c
     started = (insert(conversations)
                .from_select(["id", "user_id", "title", "created_at", "updated_at", "last_seq"],
                             select(_p("p_conversation_id", type_=c.id.type), _p("p_user_id", type_=c.user_id.type),
                                    _p("p_title", type_=c.title.type), _p("p_created_at", type_=c.created_at.type),
                                    _p("p_created_at", type_=c.updated_at.type), literal_column("1"))
-                            .where(~client_id_used))
+                            .where(~_client_id_used()))
                .returning(c.id)
                .cte("started"))
+    return _claiming(_insert_message(seq=literal_column("1"), conversation_id=started.c.id,
+                                     source=started).cte("appended"))
+
+
+def _client_id_used() -> Any:
+    """Whether the user sent this client_id before (a NULL one never matches)."""
+    m = messages.c
+    return exists().where(m.user_id == _p("p_user_id"), m.client_id == _p("p_client_id"))
+
+
+def _insert_message(seq: Any, conversation_id: Any = None, source: Any = None) -> Any:
+    """INSERT … SELECT of the message in the p_<column> parameters, at `seq` (an expression), in
+    `conversation_id` (an expression; by default its parameter), one row per row of `source`."""
+    m = messages.c
     columns = [*MESSAGE_COLUMNS, m.user_id]
-    values = [literal_column("1") if col is m.seq else started.c.id if col is m.conversation_id
+    # Typed parameters, so that asyncpg is told each one's type in the SELECT list.
+    values = [seq if col is m.seq else conversation_id if col is m.conversation_id and conversation_id is not None
               else _p(f"p_{col.name}", type_=col.type) for col in columns]
-    inserted = (insert(messages).from_select([col.name for col in columns], select(*values).select_from(started))
-                .returning(m.seq, m.id))
-    return _claiming(inserted.cte("appended"))
+    rows = select(*values) if source is None else select(*values).select_from(source)
+    return insert(messages).from_select([col.name for col in columns], rows).returning(m.seq, m.id)
 
 
 def _claiming(appended: Any) -> Any:
