@@ -74,19 +74,21 @@ messages = Table(
 # One row per reply being generated, written in the same statement as its user message and
 # removed in the same statement that stores the reply: what a process that died left behind is
 # what the next start (or, with many processes, a live one) stores as `interrupted`.
+# No foreign keys and no index but the key: every turn writes and removes a row here, and each
+# key would make that insert look up and lock two more rows (migration 0005). Deleting a
+# conversation removes its rows (Store.delete_conversation).
 replies_in_flight = Table(
     "replies_in_flight",
     metadata,
-    Column("user_message_id", ID, ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_message_id", ID, primary_key=True),
     Column("reply_id", ID, nullable=False),
-    Column("conversation_id", ID, ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False),
+    Column("conversation_id", ID, nullable=False),
     Column("user_id", USER_ID, nullable=False),
     # The process incarnation generating it (a new id at every start).
     Column("owner", String(64), nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=False),
     # The text so far, as of the last checkpoint (a long reply's; empty for most).
     Column("content", Text, nullable=False),
-    Index("ix_replies_in_flight_owner", "owner"),
 )
 
 # One row per live chat-server process (PostgreSQL; UNLOGGED there: soft state). A process renews

@@ -326,6 +326,9 @@ class Store:
             return False
         self.conn.execute(delete(messages).where(messages.c.conversation_id == conversation_id))
         self.conn.execute(delete(conversations).where(conversations.c.id == conversation_id))
+        # Last, so that it also sees a message appended while this ran: the conversation row's
+        # delete waited for that append's commit (and took its message along by the cascade).
+        self.conn.execute(delete(replies_in_flight).where(replies_in_flight.c.conversation_id == conversation_id))
         return True
 
     # -- messages -------------------------------------------------------------------------------
@@ -360,8 +363,9 @@ class Store:
                 self.conn.execute(_INSERT_MESSAGE, {**_row(message, user_id), "seq": seq})
                 if claim is not None:
                     self.conn.execute(_INSERT_IN_FLIGHT, _flight_row(message, user_id, claim))
-                elif message.reply_to is not None:
-                    self.conn.execute(_DELETE_IN_FLIGHT, {"p_message": message.reply_to, "p_reply": message.id})
+            if claim is None and message.reply_to is not None:
+                # Even when nothing was stored (the conversation is gone), as the statement does.
+                self.conn.execute(_DELETE_IN_FLIGHT, {"p_message": message.reply_to, "p_reply": message.id})
         return None if seq is None else dataclasses.replace(message, seq=seq)
 
     # -- replies in flight --------------------------------------------------------------------------

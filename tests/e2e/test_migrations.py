@@ -233,3 +233,24 @@ async def test_messages_need_their_conversation_and_go_with_it(migrated):
     await add_message(migrated, conversation_id, 1)
     await sql(migrated, "DELETE FROM conversations WHERE id = :id", id=conversation_id)
     assert await sql(migrated, "SELECT id FROM messages") == []
+
+
+@aio
+async def test_replies_in_flight_keep_their_rows_through_0005_and_its_downgrade(migrated):
+    # 0005 drops the table's foreign keys (SQLite: by copying the table): its rows must survive,
+    # and going back drops only what the keys would refuse (rows of deleted conversations).
+    await on_db(migrated, alembic(downgrade, "0004"))
+    conversation_id = await add_conversation(migrated)
+    message_id = await add_message(migrated, conversation_id, 1)
+    in_flight = ("INSERT INTO replies_in_flight (user_message_id, reply_id, conversation_id, user_id, owner, "
+                 "started_at, content) VALUES (:m, :r, :c, 'u-1', 'o', CURRENT_TIMESTAMP, 'so far')")
+    await sql(migrated, in_flight, m=message_id, r="r-1", c=conversation_id)
+    await on_db(migrated, alembic(upgrade, "head"))
+    assert await on_db(migrated, schema_diff) == []
+    assert await sql(migrated, "SELECT user_message_id, reply_id, content FROM replies_in_flight") == [
+        (message_id, "r-1", "so far")]
+    await sql(migrated, in_flight, m="gone", r="r-2", c="gone too")  # no keys now
+    await on_db(migrated, alembic(downgrade, "0004"))
+    assert await sql(migrated, "SELECT user_message_id FROM replies_in_flight") == [(message_id,)]
+    with pytest.raises(IntegrityError):
+        await sql(migrated, in_flight, m="gone", r="r-2", c="gone too")

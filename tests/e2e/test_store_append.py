@@ -57,11 +57,11 @@ async def open_database(url: str) -> AsyncIterator[Database]:
         await database.dispose()
 
 
-async def _conversation(database: Database, user_id: str) -> str:
+async def _conversation(database: Database, user_id: str, client_id: str = "c-1") -> str:
     def work(store: Store) -> str:
         conversation_id = store.create_conversation(user_id, "first", utcnow())
         store.add_message(message_id=new_id(), conversation_id=conversation_id, user_id=user_id, seq=1,
-                          role="user", content="first", status="complete", client_id="c-1", reply_to=None,
+                          role="user", content="first", status="complete", client_id=client_id, reply_to=None,
                           now=utcnow())
         return conversation_id
 
@@ -221,3 +221,47 @@ async def test_a_used_client_id_starts_nothing_and_another_users_does(pg, databa
         assert await _rows(database) == before
         assert await database.start_conversation(first_message("c-1"), "bob", Claim(new_id(), "o")) is not None
         assert await database.start_conversation(first_message("c-9"), "alice", Claim(new_id(), "o")) is not None
+
+
+async def _in_flight(database: Database) -> list[tuple[str, str]]:
+    return sorted((o.user_message_id, o.conversation_id) for o in
+                  await database.read(lambda store: store.orphans("someone else")))
+
+
+@aio
+async def test_deleting_a_conversation_removes_its_replies_in_flight_and_only_those(database_url, route):
+    # replies_in_flight has no foreign keys (migration 0005): the delete itself must remove them,
+    # or a crash sweep would later try to answer messages that no longer exist.
+    async with open_database(database_url) as database:
+        doomed = await _conversation(database, "alice")
+        kept = await _conversation(database, "alice", client_id="c-0")
+        doomed_message, _ = await _append(database, route, doomed, "alice", client_id="d-1")
+        kept_message, _ = await _append(database, route, kept, "alice", client_id="k-1")
+        assert await _in_flight(database) == sorted([(doomed_message, doomed), (kept_message, kept)])
+        assert await database.write(lambda store: store.delete_conversation(doomed, "alice"))
+        assert await _in_flight(database) == [(kept_message, kept)]
+
+
+@aio
+async def test_a_reply_to_a_deleted_conversation_stores_nothing_and_releases_its_claim(database_url, route):
+    # What the sweep does with an orphan whose conversation is gone, and a producer whose
+    # conversation was deleted while it streamed: no row, and no claim left to sweep again.
+    async with open_database(database_url) as database:
+        conversation_id = await _conversation(database, "alice")
+        message = unsaved(message_id=new_id(), conversation_id=conversation_id, role="user", content="hi",
+                          status="complete", client_id="c-2")
+        claim = Claim(new_id(), "dead owner")
+        assert await database.append_message(message, "alice", claim) is not None
+        # A claim the delete did not see (written by a path that raced it), left in flight.
+        await database.write(lambda store: store.delete_conversation(conversation_id, "alice"))
+        await database.write(lambda store: store.claim_reply(message, "alice", claim))
+        assert await _in_flight(database) == [(message.id, conversation_id)]
+        reply = unsaved(message_id=claim.reply_id, conversation_id=conversation_id, role="assistant",
+                        content="late", status="interrupted", reply_to=message.id)
+        if route == "engine":
+            stored = await database.write(lambda store: store.append_message(reply, "alice"))
+        else:
+            stored = await database.append_message(reply, "alice")
+        assert stored is None
+        assert await _in_flight(database) == []
+        assert await _rows(database) == ([], [])
