@@ -7,7 +7,7 @@ Create Date: 2026-11-29
 
 Each foreign key made the claim's INSERT look up and lock (FOR KEY SHARE) the message and the
 conversation row it names; no query filtered on `owner =`, so its index was only written. Together
-about a tenth of PostgreSQL's CPU per turn (docs/benchmarks.md). Store.delete_conversation now
+about 5 % of PostgreSQL's CPU per turn (docs/benchmarks.md, session 5). Store.delete_conversation now
 removes a conversation's rows itself, and a reply's statement removes its row even when the
 conversation is gone, so nothing relied on the cascades.
 """
