@@ -4,7 +4,8 @@
 # a fresh database and a fresh server. Prints: round, server, turns/s, done p99 ms, the server's CPU
 # ms/turn, the machine's (all cores: server, PostgreSQL, load generator) and the load generator's
 # CPU ms/turn, the cores busy, CPU seconds stolen by the hypervisor, failures. Needs PostgreSQL at 127.0.0.1:5432 (trust) and the project's venv.
-# ROUNDS=n and SERVERS="chat-server" (one of the two) for a quicker look.
+# ROUNDS=n and SERVERS="chat-server" (one of the two) for a quicker look. With both servers, the
+# last lines are the ratio of each round (chat-server / minimal), their median, and the medians'.
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 py=$root/.venv/bin/python
@@ -30,9 +31,23 @@ for round in $(seq ${ROUNDS:-3}); do
     "$py" "$root/bench/loadgen.py" --url ws://127.0.0.1:$port/ws --sockets 50 --turns 40 --words 20 --pid "$pid" \
       --json | tail -1 | "$py" -c 'import json,sys; r=json.load(sys.stdin); print(sys.argv[1], sys.argv[2],
       r["turns_per_s"], r["done_ms"]["p99"], r["cpu_ms_per_turn"], r["machine_cpu_ms_per_turn"],
-      r["loadgen_cpu_ms_per_turn"], r["machine_busy_cores"], r["steal_s"], r["failures"])' "$round" "$server"
+      r["loadgen_cpu_ms_per_turn"], r["machine_busy_cores"], r["steal_s"], r["failures"])' "$round" "$server" \
+      | tee -a "$work/rounds"
     kill "$pid"; sleep 1
     psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE $db WITH (FORCE)" postgres
   done
 done
+"$py" - "$work/rounds" <<'SUMMARY'
+import statistics, sys
+runs: dict[str, dict[str, float]] = {}
+for line in open(sys.argv[1]):
+    round_, server, turns = line.split()[:3]
+    runs.setdefault(server, {})[round_] = float(turns)
+ours, minimal = runs.get("chat-server", {}), runs.get("minimal", {})
+ratios = [ours[r] / minimal[r] for r in ours if r in minimal]
+if ratios:
+    print("ratio per round:", " ".join(f"{x:.2f}" for x in ratios))
+    print(f"median ratio {statistics.median(ratios):.2f} (lowest {min(ratios):.2f}); ratio of the medians "
+          f"{statistics.median(ours.values()) / statistics.median(minimal.values()):.2f}")
+SUMMARY
 rm -rf "$work"
