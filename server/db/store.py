@@ -99,16 +99,16 @@ _INSERT_MESSAGE = insert(messages)
 # does not. updated_at is indexed (the conversation list's order), so an UPDATE that changes it
 # writes new index entries, while one that changes only last_seq is a HOT update: about a sixth
 # of PostgreSQL's work per turn, measured (docs/benchmarks.md).
-_NEXT_SEQ = (
-    update(conversations)
-    .where(conversations.c.id == _p("p_conversation"), conversations.c.user_id == _p("p_user"))
-    .values(last_seq=conversations.c.last_seq + 1, updated_at=_p("p_now"))
-    .returning(conversations.c.last_seq))
-_NEXT_SEQ_OF_REPLY = (
-    update(conversations)
-    .where(conversations.c.id == _p("p_conversation"), conversations.c.user_id == _p("p_user"))
-    .values(last_seq=conversations.c.last_seq + 1)
-    .returning(conversations.c.last_seq))
+def _next_seq(moves_updated_at: bool) -> Any:
+    moved: dict[str, Any] = {"updated_at": _p("p_now")} if moves_updated_at else {}
+    return (update(conversations)
+            .where(conversations.c.id == _p("p_conversation"), conversations.c.user_id == _p("p_user"))
+            .values(last_seq=conversations.c.last_seq + 1, **moved)
+            .returning(conversations.c.last_seq))
+
+
+_NEXT_SEQ = _next_seq(moves_updated_at=True)  # a user message
+_NEXT_SEQ_OF_REPLY = _next_seq(moves_updated_at=False)
 _OWNS: Select[Any] = select(literal_column("1")).where(conversations.c.id == _p("p_conversation"),
                                                       conversations.c.user_id == _p("p_user"))
 _BY_CLIENT_ID = select(*MESSAGE_COLUMNS).where(messages.c.user_id == _p("p_user"),
