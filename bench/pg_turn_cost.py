@@ -29,7 +29,8 @@ import asyncpg
 from server.config import Settings
 from server.db.migrate import upgrade_to_head
 from server.db.pg_turn_writes import APPEND_CLAIMING, APPEND_RELEASING, asyncpg_dsn
-from server.db.store import Claim, append_params, unsaved, utcnow
+from server.db.store import append_params
+from server.domain import Claim, unsaved, utcnow
 
 MINIMAL_SCHEMA = """
 CREATE TABLE min_conversations (id VARCHAR(36) PRIMARY KEY, user_id VARCHAR(36) NOT NULL, title TEXT,

@@ -6,13 +6,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from server import __version__
+from server.bootstrap import start_services
 from server.chat.services import Services
 from server.config import Settings
+from server.db.uow import DatabaseUnavailable
+from server.protocol import outgoing
 from server.web.guards import Guards
 from server.web.http_api import router
 from server.web.static import STATIC_DIR
@@ -30,7 +34,7 @@ class ChatApp:
 
         @asynccontextmanager
         async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-            self.services = await Services.start(settings)
+            self.services = await start_services(settings)
             app.state.services = self.services
             try:
                 yield
@@ -43,6 +47,7 @@ class ChatApp:
                             docs_url="/docs" if docs else None, openapi_url="/openapi.json" if docs else None)
         self.http.state.guards = self.guards
         self.http.include_router(router)
+        self.http.add_exception_handler(DatabaseUnavailable, database_unavailable)
         self.http.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
         # Pages on the allowed origins (an embedded widget) may call the HTTP API; no one else.
         self.http.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins,
@@ -61,8 +66,9 @@ class ChatApp:
         await self.http(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None) -> ChatApp:
-    return ChatApp(settings or Settings())
+async def database_unavailable(_request: Request, _exc: Exception) -> JSONResponse:
+    """Every HTTP route's answer when the database cannot do the work: 503, the socket's text."""
+    return JSONResponse({"detail": outgoing.DATABASE_UNAVAILABLE}, status_code=503)
 
 
 async def refuse_host(scope: dict[str, Any], send: Any) -> None:

@@ -14,7 +14,7 @@ import traceback
 
 from server import PROTOCOL, __version__
 from server.config import Settings
-from server.logs import add_secret, redact, setup_logging
+from server.logs import add_secret, redact, setup_logging, shown_url
 from server.operator_errors import OperatorError, load_settings, warn_about_settings
 
 EXIT_OPERATOR_ERROR = 2
@@ -79,7 +79,7 @@ def duration(text: str) -> float:
 async def mint_token(settings: Settings, user_id: str, ttl_s: float) -> str:
     """Signed with CHAT_AUTH_SECRET, or in open mode with the secret kept in the database."""
     from server.auth import Authenticator
-    from server.chat.services import open_mode_secret
+    from server.bootstrap import open_mode_secret
     from server.db.engine import make_engine
     from server.db.uow import Database
     from server.serve import last_server_mode, prepare_database
@@ -99,15 +99,10 @@ async def mint_token(settings: Settings, user_id: str, ttl_s: float) -> str:
         finally:
             await db.dispose()
         print("chat-server: CHAT_AUTH_SECRET is not set: this token is signed with the open-mode secret kept in "
-              f"the database ({_shown_url(settings)}); only a server in open mode on that database accepts it",
+              f"the database ({shown_url(settings.database_url)}); only a server in open mode on that database "
+              "accepts it",
               file=sys.stderr)
     return Authenticator(secret, settings.token_mode).mint(user_id, ttl_s or None)
-
-
-def _shown_url(settings: Settings) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(settings.database_url).render_as_string(hide_password=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -61,6 +61,13 @@ def redact(text: str) -> str:
     return text
 
 
+def shown_url(url: str) -> str:
+    """A database URL as it may be shown or logged: its password masked."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def one_line(value: object) -> object:
     if isinstance(value, str) and _CONTROL.search(value):
         return _CONTROL.sub(lambda m: repr(m.group())[1:-1], value)

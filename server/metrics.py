@@ -8,6 +8,8 @@ REPLIES_DETACHED = Gauge("chat_replies_detached", "Replies in flight that no soc
 REPLIES_SWEPT = Counter("chat_replies_swept_total", "Replies of a dead process stored as interrupted")
 NOTIFY_SENT = Counter("chat_notify_payloads_total", "NOTIFY payloads sent to other processes")
 NOTIFY_DROPPED = Counter("chat_notify_dropped_total", "NOTIFY payloads not sent (the LISTEN connection was down)")
+NOTIFY_SKIPPED = Counter("chat_notify_records_skipped_total",
+                         "Records from other processes of a kind or version this release does not know")
 NOTIFY_RECONNECTS = Counter("chat_notify_reconnects_total", "Times the LISTEN connection was lost and opened again")
 TURNS = Counter("chat_turns_total", "Turns by final status of the reply", ["status"])
 MESSAGES_REFUSED = Counter("chat_messages_refused_total", "Client frames answered with an error", ["code"])

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import SecretStr, ValidationError
 
 from server.config import Settings
-from server.logs import redact
+from server.logs import redact, shown_url
 
 log = logging.getLogger("server.config")
 
@@ -141,7 +141,7 @@ def explain_database_error(exc: BaseException, settings: Settings) -> str | None
     """The line for a database that cannot be used, or None when `exc` is something else."""
     from sqlalchemy.engine import make_url
 
-    shown = make_url(settings.database_url).render_as_string(hide_password=True)
+    shown = shown_url(settings.database_url)
     url = make_url(settings.database_url)
     where = f"CHAT_DATABASE_URL={shown}"
     chain = _chain(exc)

@@ -21,6 +21,7 @@ import uvicorn
 from server.app import ChatApp
 from server.config import Settings
 from server.db.migrate import upgrade_to_head
+from server.logs import shown_url
 from server.operator_errors import OperatorError, explain_database_error
 from server.web.http_protocols import http_protocol
 from server.web.ws_protocol import ChatWebSocketProtocol
@@ -28,7 +29,7 @@ from server.web.ws_protocol import ChatWebSocketProtocol
 log = logging.getLogger(__name__)
 
 
-class ChatServer(uvicorn.Server):
+class UvicornServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: ChatApp, start_line: str = ""):
         super().__init__(config)
         self.chat_app = app
@@ -212,18 +213,12 @@ async def serve(settings: Settings, host: str, port: int) -> None:
         app = ChatApp(settings, bound_to_loopback=_loopback(host))
         shown_host = f"[{host}]" if ":" in host else host
         start_line = (f"chat-server on http://{shown_host}:{sock.getsockname()[1]} (database "
-                      f"{_redact(settings.database_url)}, {describe_model(settings)}, "
+                      f"{shown_url(settings.database_url)}, {describe_model(settings)}, "
                       f"{'token' if settings.token_mode else 'open'} mode)")
-        server = ChatServer(uvicorn_config(app, settings, host, port), app, start_line)
+        server = UvicornServer(uvicorn_config(app, settings, host, port), app, start_line)
         await server.serve(sockets=[sock])
     finally:
         sock.close()
-
-
-def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def _loopback(host: str) -> bool:

@@ -1,6 +1,6 @@
 /*
  * chat-client.js: the DOM-free half of the chat widget, a client for the chat.v1 protocol
- * (docs: README "Browser widget"; the contract: PROTOCOL.md). It touches no document: a bot, a
+ * (docs: README "Browser widget"; the contract: docs/protocol.md). It touches no document: a bot, a
  * test or another view can use it with any WebSocket, fetch and storage (a browser's, Node's).
  *
  *   var client = new ChatClient({server: "https://chat.example.com", token: optionalToken});

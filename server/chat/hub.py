@@ -7,7 +7,7 @@ import logging
 from typing import Protocol
 
 from server import metrics
-from server.chat.bus import ReplyBus
+from server.replies.ports import ReplyStopping
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ class Connection(Protocol):
 
 
 class Hub:
-    def __init__(self, bus: ReplyBus) -> None:
+    def __init__(self, bus: ReplyStopping) -> None:
         self.bus = bus
         self.connections: set[Connection] = set()
         self.shutting_down = False

@@ -62,8 +62,9 @@ class KeyedBuckets:
         if bucket is None:
             if len(self._buckets) >= self.max_keys:
                 self._buckets = {k: b for k, b in self._buckets.items() if not b.full()}
-                if len(self._buckets) >= self.max_keys:  # a spray of keys: forget the oldest half
-                    self._buckets = dict(list(self._buckets.items())[self.max_keys // 2:])
+                if len(self._buckets) >= self.max_keys:  # a spray of keys: forget the half nearest to full
+                    kept = sorted(self._buckets.items(), key=lambda item: item[1].tokens)[: self.max_keys // 2]
+                    self._buckets = dict(kept)
             bucket = self._buckets[key] = TokenBucket(self.per_minute / 60, self.per_minute, self.clock)
         return 0.0 if bucket.take() else max(bucket.wait_s(), 0.001)
 
@@ -71,21 +72,14 @@ class KeyedBuckets:
 class UserLimits:
     """Per user, across all of the user's sockets in this process."""
 
-    def __init__(self, messages_per_minute: int, max_sockets: int, clock: Clock = time.monotonic):
-        self.messages_per_minute = messages_per_minute
+    def __init__(self, messages_per_minute: int, max_sockets: int, clock: Clock = time.monotonic,
+                 max_users: int = 10_000):
         self.max_sockets = max_sockets
-        self.clock = clock
-        self._buckets: dict[str, TokenBucket] = {}
+        self._messages = KeyedBuckets(messages_per_minute, clock, max_users)
         self._sockets: dict[str, int] = {}
 
     def allow_message(self, user_id: str) -> bool:
-        bucket = self._buckets.get(user_id)
-        if bucket is None:
-            if len(self._buckets) > 10_000:  # bounded: forget users whose bucket has refilled
-                self._buckets = {k: b for k, b in self._buckets.items() if not b.full()}
-            bucket = self._buckets[user_id] = TokenBucket(self.messages_per_minute / 60, self.messages_per_minute,
-                                                          self.clock)
-        return bucket.take()
+        return self._messages.take(user_id) == 0
 
     def open_socket(self, user_id: str) -> bool:
         """Count a new socket for this user; False (and not counted) when it has too many."""

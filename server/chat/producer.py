@@ -16,20 +16,21 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import IntegrityError
 
 from server import metrics
-from server.chat.backends import Backend, BackendError, ChatTurn, ContextMessage, ReplyStats
-from server.chat.bus import Outcome, Reply, ReplyBus
-from server.chat.turns import store_reply
+from server.chat.backends import Backend, BackendError, ContextMessage, ModelRequest, ReplyStats
+from server.chat.commit_points import store_reply
 from server.config import Settings
-from server.db.store import Message, ReplyMeta
 from server.db.uow import Database, DatabaseUnavailable
+from server.domain import MessageRecord, ReplyMeta
 from server.protocol.codes import ErrorCode
+from server.replies.ports import ReplyPublishing
+from server.replies.reply import LiveReply, Outcome
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
 class Draft:
-    """What is known of the reply besides its text (which the Reply holds: one copy)."""
+    """What is known of the reply besides its text (which the LiveReply holds: one copy)."""
 
     received_at: float  # perf_counter() when the user's message arrived
     stats: ReplyStats = field(default_factory=ReplyStats)
@@ -50,12 +51,12 @@ class ReplyDeps:
     """What generating a reply needs."""
 
     db: Database
-    bus: ReplyBus
+    bus: ReplyPublishing
     backend: Backend
     settings: Settings
 
 
-async def produce(deps: ReplyDeps, reply: Reply, message: Message, received_at: float) -> None:
+async def produce(deps: ReplyDeps, reply: LiveReply, message: MessageRecord, received_at: float) -> None:
     """Generate, store and finish `reply`: its followers always get an end, even on a bug."""
     outcome = Outcome(None, ErrorCode.INTERNAL)
     try:
@@ -66,11 +67,11 @@ async def produce(deps: ReplyDeps, reply: Reply, message: Message, received_at: 
         await deps.bus.finish(reply, outcome)
 
 
-async def _generate_and_store(deps: ReplyDeps, reply: Reply, message: Message, received_at: float) -> Outcome:
+async def _generate_and_store(deps: ReplyDeps, reply: LiveReply, message: MessageRecord, received_at: float) -> Outcome:
     draft = Draft(received_at)
     status, detail = "interrupted", None
     try:
-        turn = ChatTurn(message.conversation_id, message.content, await _context(deps, message), draft.stats)
+        turn = ModelRequest(message.conversation_id, message.content, await _context(deps, message), draft.stats)
 
         checkpoint = Checkpointer(deps, reply)
 
@@ -114,7 +115,7 @@ class Checkpointer:
 
     __slots__ = ("deps", "reply", "interval", "due", "writing")
 
-    def __init__(self, deps: ReplyDeps, reply: Reply):
+    def __init__(self, deps: ReplyDeps, reply: LiveReply):
         self.deps, self.reply = deps, reply
         self.interval = deps.settings.reply_checkpoint_s
         self.due = time.monotonic() + self.interval
@@ -136,7 +137,7 @@ class Checkpointer:
             self.writing = None
 
 
-async def _context(deps: ReplyDeps, message: Message) -> list[ContextMessage]:
+async def _context(deps: ReplyDeps, message: MessageRecord) -> list[ContextMessage]:
     wanted = deps.backend.context_messages
     if not wanted:
         return []
@@ -144,8 +145,8 @@ async def _context(deps: ReplyDeps, message: Message) -> list[ContextMessage]:
     return [ContextMessage(m.role, m.content, m.status) for m in page]
 
 
-async def stream_reply(backend: Backend, turn: ChatTurn, reply: Reply, publish: Callable[[str], Awaitable[None]],
-                       timeout_s: float) -> tuple[str, str | None]:
+async def stream_reply(backend: Backend, turn: ModelRequest, reply: LiveReply,
+                       publish: Callable[[str], Awaitable[None]], timeout_s: float) -> tuple[str, str | None]:
     """(status, error detail): complete, error, or why the reply was stopped."""
 
     async def pump() -> None:
@@ -157,7 +158,7 @@ async def stream_reply(backend: Backend, turn: ChatTurn, reply: Reply, publish: 
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 
-    # The stream runs in a task of its own, so that a stop (Reply.stop) or the timeout can end it
+    # The stream runs in a task of its own, so that a stop (LiveReply.stop) or the timeout can end it
     # at any await, and this one goes on to say how the reply ended.
     pumping = asyncio.ensure_future(pump())
     reply.on_stop = pumping.cancel

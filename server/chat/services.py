@@ -1,32 +1,23 @@
 """What every socket and request shares: settings, database, reply bus, hub, backend, authenticator.
 
-The one place where the parts are built and wired together."""
+A plain container: server/bootstrap.py builds it and chooses its adapters; everything else only
+uses it.
+"""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cached_property
 
-from sqlalchemy.exc import IntegrityError
-
-from server import metrics
-from server.auth import OPEN_MODE_SECRET_NAME, Authenticator
-from server.chat.backends import Backend, make_backend
-from server.chat.bus import ReplyBus
+from server.auth import Authenticator
+from server.chat.backends import Backend
 from server.chat.hub import Hub
 from server.chat.limits import UserLimits
-from server.chat.local_bus import LocalReplyBus
-from server.chat.pg_bus import PgReplyBus
 from server.chat.producer import ReplyDeps
-from server.chat.sweep import Heartbeat, LeaseTimes, sweep_at_start, sweep_orphans
 from server.config import Settings
-from server.db.engine import make_engine
-from server.db.pg_turn_writes import PgTurnWrites
-from server.db.sqlite_writer import SqliteWriter
-from server.db.store import Orphan
 from server.db.uow import Database
+from server.recovery.sweep import Heartbeat
+from server.replies.ports import ReplyBus
 
 
 @dataclass
@@ -46,78 +37,9 @@ class Services:
         """Built once, not per socket (every session's turn runner holds it)."""
         return ReplyDeps(self.db, self.bus, self.backend, self.settings)
 
-    @classmethod
-    async def start(cls, settings: Settings) -> Services:
-        writer = None
-        if settings.is_sqlite:
-            writer = SqliteWriter(settings)
-            await writer.start()
-        turn_writes = None if settings.is_sqlite else await PgTurnWrites.open(settings)
-        db = Database(make_engine(settings), writer, turn_writes)
-        metrics.DB_POOL_CHECKED_OUT.set_function(db.checked_out)
-        if settings.token_mode:
-            assert settings.auth_secret is not None
-            auth = Authenticator(settings.auth_secret.get_secret_value(), token_mode=True)
-        else:
-            auth = Authenticator(await open_mode_secret(db), token_mode=False,
-                                 open_mode_ttl_s=settings.open_mode_token_ttl_s)
-        limits = UserLimits(settings.rate_limit_per_minute, settings.max_sockets_per_user)
-        owner = uuid.uuid4().hex
-        bus: ReplyBus
-        heartbeat = None
-        if settings.is_sqlite:
-            # One process: what any other incarnation left in flight is stored as interrupted
-            # before the first socket.
-            await sweep_orphans(db, owner)
-            bus = LocalReplyBus(settings.detached_reply_s, settings.max_detached_replies)
-        else:
-            bus, heartbeat = await _start_many_processes(settings, db, owner)
-        services = cls(settings, db, bus, Hub(bus), make_backend(settings), auth, limits, owner)
-        services.heartbeat = heartbeat
-        return services
-
     async def close(self) -> None:
-        if isinstance(self.bus, PgReplyBus):
-            await self.bus.close()
+        await self.bus.close()
         if self.heartbeat is not None:
             await self.heartbeat.close()  # the lease goes at once: nothing of ours is left to sweep
         await self.backend.aclose()
         await self.db.dispose()
-
-
-async def _start_many_processes(settings: Settings, db: Database, owner: str) -> tuple[ReplyBus, Heartbeat]:
-    """PostgreSQL: this process's lease, the sweep of dead processes' replies, and (pg_notify)
-    the reply seam across processes. The LISTEN connection opens before the lease is written,
-    so that other processes see this one's session as soon as they see its lease."""
-    times = LeaseTimes(settings.lease_s, settings.heartbeat_s, settings.lease_grace_s, settings.pg_notify)
-    bus: ReplyBus
-    on_swept: Callable[[list[Orphan]], Awaitable[None]]
-    if settings.pg_notify:
-        pg_bus = PgReplyBus(settings.detached_reply_s, settings.max_detached_replies, db, owner,
-                            settings.lease_grace_s)
-        await pg_bus.start(settings.database_url, settings.notify_tick_ms / 1000)
-        bus, on_swept = pg_bus, pg_bus.swept
-    else:
-        bus, on_swept = LocalReplyBus(settings.detached_reply_s, settings.max_detached_replies), _nothing
-    swept = await sweep_at_start(db, owner, times)
-    if swept:
-        await on_swept(swept)
-    heartbeat = Heartbeat(db, owner, times, on_swept)
-    heartbeat.start()
-    return bus, heartbeat
-
-
-async def _nothing(_swept: list[Orphan]) -> None:
-    return None
-
-
-async def open_mode_secret(db: Database) -> str:
-    """Generated once and kept in the database, so minted tokens stay valid across restarts."""
-    for attempt in range(2):
-        try:
-            return await db.write(
-                lambda store: store.get_or_create_secret(OPEN_MODE_SECRET_NAME, Authenticator.new_secret()))
-        except IntegrityError:  # another process stored it first: read theirs
-            if attempt == 1:
-                raise
-    raise AssertionError("unreachable")

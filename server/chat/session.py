@@ -14,24 +14,21 @@ from typing import Any
 
 from server import metrics
 from server.auth import Identity
-from server.chat.follower import Follower
 from server.chat.limits import TokenBucket
 from server.chat.services import Services
-from server.chat.sink import Channel, Disconnected
-from server.chat.turn_runner import Turn, TurnRunner
+from server.chat.turn_runner import TurnInProgress, TurnRunner
 from server.db.store import InvalidBefore, NotFound
 from server.db.uow import DatabaseUnavailable
 from server.protocol import frames, outgoing
 from server.protocol.codes import CloseCode, ErrorCode
 from server.protocol.frames import CancelFrame, FrameError, HistoryFrame, MessageFrame, ResumeFrame
+from server.replies.follower import Follower
+from server.replies.sink import ClientSocket, Disconnected
 
 log = logging.getLogger(__name__)
 
-DB_DOWN_DETAIL = "the database is unavailable; try again"
-
-
 class ChatSession:
-    def __init__(self, channel: Channel, services: Services, identity: Identity, sync: bool = False):
+    def __init__(self, channel: ClientSocket, services: Services, identity: Identity, sync: bool = False):
         self.sink = self.channel = channel
         self.svc = services
         self.identity = identity
@@ -39,12 +36,12 @@ class ChatSession:
         self.sync = sync  # hears the user's other sockets (?sync=1)
         self.conversation_id: str | None = None
         self.waiting: list[MessageFrame] = []  # at most max_waiting + 1: a list is the smallest queue
-        self.turn: Turn | None = None
+        self.turn: TurnInProgress | None = None
         self.closing = False
         self.worker: asyncio.Task[None] | None = None
         self.followers: dict[str, Follower] | None = None  # by reply id; made on first use
         self._events: set[asyncio.Task[None]] | None = None
-        self.runner = TurnRunner(services.reply_deps, services.owner, self.user_id)
+        self.runner = TurnRunner(services.reply_deps, services.bus, services.owner, self.user_id)
         # The frame rate (every frame, control frames too) is kept below, in server/web/ws_protocol.py.
         # Refusals for the user's message rate; running out of these (more than flood_close_after
         # a minute, sustained) means the client ignores rate_limited: it is closed.
@@ -99,7 +96,7 @@ class ChatSession:
         try:
             owned = await self.svc.db.read(lambda store: store.owns_conversation(requested, self.user_id))
         except DatabaseUnavailable:
-            return outgoing.error(ErrorCode.UNAVAILABLE, DB_DOWN_DETAIL)
+            return outgoing.unavailable()
         if owned:
             self.conversation_id = requested
             return None
@@ -158,10 +155,18 @@ class ChatSession:
                     return  # closed for flooding
             elif isinstance(frame, CancelFrame):
                 self._cancel(frame)
-            elif isinstance(frame, ResumeFrame):
+            else:
+                await self._read_only(frame)
+
+    async def _read_only(self, frame: ResumeFrame | HistoryFrame) -> None:
+        """A frame answered from what is stored or in flight; the database's failure gets one answer."""
+        try:
+            if isinstance(frame, ResumeFrame):
                 await self._resume(frame)
-            elif isinstance(frame, HistoryFrame):
+            else:
                 await self.sink.send(await self._history(frame))
+        except DatabaseUnavailable:
+            await self.sink.send(outgoing.unavailable())
 
     async def _refuse(self, e: FrameError) -> None:
         metrics.MESSAGES_REFUSED.labels(e.code.value).inc()
@@ -201,11 +206,7 @@ class ChatSession:
     async def _resume(self, frame: ResumeFrame) -> None:
         """Follow a reply in flight from `after`, or answer with the stored one."""
         bus = self.svc.bus
-        try:
-            reply = await bus.locate(self.user_id, reply_id=frame.message_id, reply_to=frame.reply_to)
-        except DatabaseUnavailable:
-            await self.sink.send(outgoing.error(ErrorCode.UNAVAILABLE, DB_DOWN_DETAIL))
-            return
+        reply = await bus.locate(self.user_id, reply_id=frame.message_id, reply_to=frame.reply_to)
         if reply is not None:
             follower = (self.followers or {}).get(reply.id)
             if follower is not None and follower.active:
@@ -216,16 +217,12 @@ class ChatSession:
             await follower.pump()
             return
         # Not in flight: stored by now, or never was (a reply leaves the bus only once stored).
-        try:
-            if frame.message_id is not None:
-                message_id = frame.message_id
-                stored = await self.svc.db.read(lambda store: store.message_of(self.user_id, message_id))
-            else:
-                reply_to = frame.reply_to or ""
-                stored = await self.svc.db.read(lambda store: store.latest_reply(self.user_id, reply_to))
-        except DatabaseUnavailable:
-            await self.sink.send(outgoing.error(ErrorCode.UNAVAILABLE, DB_DOWN_DETAIL))
-            return
+        if frame.message_id is not None:
+            message_id = frame.message_id
+            stored = await self.svc.db.read(lambda store: store.message_of(self.user_id, message_id))
+        else:
+            reply_to = frame.reply_to or ""
+            stored = await self.svc.db.read(lambda store: store.latest_reply(self.user_id, reply_to))
         if stored is None or stored.role != "assistant":
             await self._refuse(FrameError(ErrorCode.NOT_FOUND, frames.NO_SUCH_REPLY))
             return
@@ -243,8 +240,6 @@ class ChatSession:
             return outgoing.error(ErrorCode.NOT_FOUND, frames.NO_SUCH_CONVERSATION)
         except InvalidBefore:
             return outgoing.error(ErrorCode.INVALID, frames.INVALID_BEFORE)
-        except DatabaseUnavailable:
-            return outgoing.error(ErrorCode.UNAVAILABLE, DB_DOWN_DETAIL)
         return outgoing.history(conversation_id, page, has_more)
 
     # -- turns ---------------------------------------------------------------------------------
@@ -252,7 +247,7 @@ class ChatSession:
         """Run the waiting turns in order, then end (the next message starts a new worker)."""
         while self.waiting and not self.closing:
             frame = self.waiting.pop(0)
-            self.turn = turn = Turn()
+            self.turn = turn = TurnInProgress()
             try:
                 message = await self.runner.run(frame, self, self.conversation_id, turn)
                 if message is not None:

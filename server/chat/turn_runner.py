@@ -11,22 +11,20 @@ import logging
 import time
 
 from server import metrics
-from server.chat.bus import Outcome, Reply, Watcher
-from server.chat.follower import Follower
+from server.chat.commit_points import ConversationNotFound, accept_message, claim_again
 from server.chat.producer import ReplyDeps, produce
-from server.chat.turns import ConversationNotFound, accept_message, claim_again
-from server.db.store import Claim, Message, new_id
 from server.db.uow import DatabaseUnavailable
+from server.domain import Claim, MessageRecord, new_id
 from server.protocol import frames, outgoing
 from server.protocol.codes import ErrorCode
 from server.protocol.frames import MessageFrame
+from server.replies.follower import Follower
+from server.replies.ports import ReplyFollowing, Watcher
+from server.replies.reply import LiveReply, Outcome
 
 log = logging.getLogger(__name__)
 
-UNAVAILABLE_DETAIL = "the database could not take the message; it was not stored: send it again"
-
-
-class Turn:
+class TurnInProgress:
     """The turn in progress on a socket, so that a plain `cancel` can stop its reply, also before
     the reply exists (between the message's arrival and its `start`)."""
 
@@ -34,7 +32,7 @@ class Turn:
 
     def __init__(self) -> None:
         self.cancelled = False
-        self.reply: Reply | None = None  # the reply this turn generates (not one it only follows)
+        self.reply: LiveReply | None = None  # the reply this turn generates (not one it only follows)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -43,14 +41,16 @@ class Turn:
 
 
 class TurnRunner:
-    __slots__ = ("deps", "owner", "user_id")  # one per socket, idle ones included
+    __slots__ = ("deps", "bus", "owner", "user_id")  # one per socket, idle ones included
 
-    def __init__(self, deps: ReplyDeps, owner: str, user_id: str):
-        self.deps = deps
+    def __init__(self, deps: ReplyDeps, bus: ReplyFollowing, owner: str, user_id: str):
+        self.deps = deps  # what generating a reply needs (its producer publishes through deps.bus)
+        self.bus = bus
         self.owner = owner  # this process incarnation, recorded with each reply it generates
         self.user_id = user_id
 
-    async def run(self, frame: MessageFrame, to: Watcher, current: str | None, turn: Turn) -> Message | None:
+    async def run(self, frame: MessageFrame, to: Watcher, current: str | None,
+                  turn: TurnInProgress) -> MessageRecord | None:
         """Run the turn to its end; the user's message (whose conversation is now the socket's
         current one), or None when it was not stored. Raises Disconnected if the client left."""
         received_at = time.perf_counter()
@@ -63,24 +63,25 @@ class TurnRunner:
         except DatabaseUnavailable:
             log.warning("user message not stored: database unavailable (user %r)", self.user_id, exc_info=True)
             metrics.TURNS.labels("unavailable").inc()
-            await self._refuse(to, ErrorCode.UNAVAILABLE, UNAVAILABLE_DETAIL, frame.client_id)
+            await self._unavailable(to, frame.client_id)
             return None
         message = accepted.message
         if accepted.duplicate:
             await to.sink.send(outgoing.ack(message, duplicate=True))
             await self._answer_duplicate(message, to, turn, received_at)
         else:
-            reply = self.deps.bus.claim(self.user_id, message, claim.reply_id)
+            reply = self.bus.claim(self.user_id, message, claim.reply_id)
             assert reply is not None, "a message just committed has no reply yet"
             # The ack goes first on the follower, so that it precedes `start` whatever the socket does.
             ack = outgoing.ack(message, duplicate=False)
             await self._generate(reply, message, to, turn, received_at, preamble=ack)
         return message
 
-    async def _answer_duplicate(self, message: Message, to: Watcher, turn: Turn, received_at: float) -> None:
+    async def _answer_duplicate(self, message: MessageRecord, to: Watcher, turn: TurnInProgress,
+                                received_at: float) -> None:
         """Follow the reply in flight (any socket's, any process's), else send the stored one, else
         generate anew."""
-        bus, settings = self.deps.bus, self.deps.settings
+        bus, settings = self.bus, self.deps.settings
         grace = None if settings.is_sqlite else settings.lease_grace_s
         for attempt in range(1000):
             if attempt >= 2:
@@ -88,8 +89,7 @@ class TurnRunner:
             try:
                 reply = await bus.locate(self.user_id, reply_to=message.id)
             except DatabaseUnavailable:
-                await self._refuse(to, ErrorCode.UNAVAILABLE, "the database is unavailable; send it again",
-                                   message.client_id)
+                await self._unavailable(to, message.client_id)
                 return
             if reply is not None:
                 follower = bus.follow(reply, to.sink, 0, client_id=message.client_id, hold_interrupted=True)
@@ -109,21 +109,21 @@ class TurnRunner:
                 log.warning("reply %s to %s not recorded as in flight", reply.id, message.id, exc_info=True)
                 claimed = True
             if not claimed:  # another process generates one: this claim only leaves the bus (no one follows it)
-                await bus.finish(reply, Outcome(None, ErrorCode.INTERNAL))
+                await self.deps.bus.finish(reply, Outcome(None, ErrorCode.INTERNAL))
                 continue
             await self._generate(reply, message, to, turn, received_at)
             return
 
-    async def _generate(self, reply: Reply, message: Message, to: Watcher, turn: Turn, received_at: float,
-                        preamble: dict[str, object] | None = None) -> None:
-        bus = self.deps.bus
+    async def _generate(self, reply: LiveReply, message: MessageRecord, to: Watcher, turn: TurnInProgress,
+                        received_at: float, preamble: dict[str, object] | None = None) -> None:
+        bus = self.bus
         turn.reply = reply
         if turn.cancelled:
             reply.stop("cancelled")
         follower = bus.follow(reply, to.sink, 0, preamble=preamble, client_id=message.client_id)
         to.adopt(follower)
         await follower.pump()
-        bus.run(reply, produce(self.deps, reply, message, received_at))
+        self.deps.bus.run(reply, produce(self.deps, reply, message, received_at))
         await bus.announce(message, reply, to.sink)
         await follower.ended
 
@@ -133,19 +133,23 @@ class TurnRunner:
         await follower.pump()
         return await follower.ended
 
-    async def _send_stored_reply(self, message: Message, to: Watcher) -> bool:
+    async def _send_stored_reply(self, message: MessageRecord, to: Watcher) -> bool:
         """Answer a duplicate from its stored final reply; False when it needs a new one."""
         try:
             replies = await self.deps.db.read(lambda store: store.replies_to(message.id))
         except DatabaseUnavailable:
-            await self._refuse(to, ErrorCode.UNAVAILABLE, "the database is unavailable; send it again",
-                               message.client_id)
+            await self._unavailable(to, message.client_id)
             return True
         final = next((r for r in reversed(replies) if r.status != "interrupted"), None)
         if final is None:
             return False
         await to.sink.send(outgoing.done(final))
         return True
+
+    @staticmethod
+    async def _unavailable(to: Watcher, client_id: str | None) -> None:
+        metrics.MESSAGES_REFUSED.labels(ErrorCode.UNAVAILABLE.value).inc()
+        await to.sink.send(outgoing.unavailable(client_id))
 
     @staticmethod
     async def _refuse(to: Watcher, code: ErrorCode, detail: str, client_id: str | None) -> None:

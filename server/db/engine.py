@@ -20,7 +20,8 @@ def make_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
     # a wasted round trip (a thread hop per commit on aiosqlite).
     kwargs: dict[str, Any] = {"pool_reset_on_return": None}
     if pooled:
-        # No overflow: connections opened past the pool size are churned per burst (PERF-NOTES).
+        # No overflow: connections opened past the pool size would be opened and closed again at
+        # every burst of load, each a new backend process on PostgreSQL.
         kwargs.update(pool_size=settings.pool_size, max_overflow=0, pool_timeout=settings.db_pool_timeout_s)
     else:
         kwargs["poolclass"] = NullPool

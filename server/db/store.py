@@ -8,9 +8,7 @@ rewrites a message to store another one.
 from __future__ import annotations
 
 import dataclasses
-import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -18,58 +16,9 @@ from sqlalchemy import Select, and_, bindparam, delete, exists, insert, literal_
 from sqlalchemy.engine import Connection
 
 from server.db.schema import conversations, messages, replies_in_flight, server_secrets
+from server.domain import Claim, MessageRecord, Orphan, ReplyMeta, iso, new_id, title_from, unsaved, utcnow
 
-TITLE_CHARS = 80
-PAGE_CONTENT_BYTES = 1 << 20  # PROTOCOL.md: a history page holds about 1 MiB of content at most
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def iso(dt: datetime) -> str:
-    # SQLite hands back naive datetimes; everything stored is UTC.
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.isoformat().replace("+00:00", "Z")
-
-
-def title_from(content: str) -> str:
-    words = " ".join(content.split())
-    return words if len(words) <= TITLE_CHARS else words[: TITLE_CHARS - 1] + "…"
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    id: str
-    conversation_id: str
-    seq: int
-    role: str
-    content: str
-    status: str
-    client_id: str | None
-    reply_to: str | None
-    created_at: datetime
-    model: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    first_token_ms: int | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ReplyMeta:
-    """What is stored about how an assistant reply was produced."""
-
-    model: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    first_token_ms: int | None = None
-    error: str | None = None
+PAGE_CONTENT_BYTES = 1 << 20  # docs/protocol.md: a history page holds about 1 MiB of content at most
 
 
 MESSAGE_COLUMNS = (
@@ -204,39 +153,7 @@ _DELETE_IN_FLIGHT = delete(replies_in_flight).where(replies_in_flight.c.user_mes
                                                     replies_in_flight.c.reply_id == _p("p_reply"))
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """The reply a user message is owed, and the process incarnation generating it."""
-
-    reply_id: str
-    owner: str
-
-
-@dataclass(frozen=True, slots=True)
-class Orphan:
-    """A reply whose process went away before it was stored."""
-
-    user_message_id: str
-    reply_id: str
-    conversation_id: str
-    user_id: str
-    content: str
-
-
-def unsaved(*, message_id: str, conversation_id: str, role: str, content: str, status: str,
-            client_id: str | None = None, reply_to: str | None = None, now: datetime | None = None,
-            stats: ReplyMeta | None = None) -> Message:
-    """A message to append: its seq is the conversation's next, taken when it is stored."""
-    return Message(message_id, conversation_id, 0, role, content, status, client_id, reply_to, now or utcnow(),
-                   *_meta_fields(stats))
-
-
-def _meta_fields(stats: ReplyMeta | None) -> tuple[str | None, int | None, int | None, int | None, str | None]:
-    meta = stats or ReplyMeta()
-    return meta.model, meta.prompt_tokens, meta.completion_tokens, meta.first_token_ms, meta.error
-
-
-def _row(message: Message, user_id: str) -> dict[str, Any]:
+def _row(message: MessageRecord, user_id: str) -> dict[str, Any]:
     """The parameters of an INSERT of `message` (and, as p_<name>, of the append statements)."""
     return {"id": message.id, "conversation_id": message.conversation_id, "user_id": user_id, "seq": message.seq,
             "role": message.role, "content": message.content, "status": message.status,
@@ -246,7 +163,7 @@ def _row(message: Message, user_id: str) -> dict[str, Any]:
             "error": message.error}
 
 
-def append_params(message: Message, user_id: str, claim: Claim | None) -> dict[str, Any]:
+def append_params(message: MessageRecord, user_id: str, claim: Claim | None) -> dict[str, Any]:
     """The parameters of APPEND_CLAIMING (with `claim`) or APPEND_RELEASING; with p_title, of
     START_CONVERSATION."""
     params = {f"p_{k}": v for k, v in _row(message, user_id).items()}
@@ -255,7 +172,7 @@ def append_params(message: Message, user_id: str, claim: Claim | None) -> dict[s
     return params
 
 
-def _flight_row(user_message: Message, user_id: str, claim: Claim) -> dict[str, Any]:
+def _flight_row(user_message: MessageRecord, user_id: str, claim: Claim) -> dict[str, Any]:
     return {"user_message_id": user_message.id, "reply_id": claim.reply_id,
             "conversation_id": user_message.conversation_id, "user_id": user_id, "owner": claim.owner,
             "started_at": user_message.created_at, "content": ""}
@@ -334,13 +251,14 @@ class Store:
     # -- messages -------------------------------------------------------------------------------
     def add_message(self, *, message_id: str, conversation_id: str, user_id: str, seq: int, role: str,
                     content: str, status: str, client_id: str | None, reply_to: str | None,
-                    now: datetime, stats: ReplyMeta | None = None) -> Message:
-        message = Message(message_id, conversation_id, seq, role, content, status, client_id, reply_to, now,
-                          *_meta_fields(stats))
+                    now: datetime, stats: ReplyMeta | None = None) -> MessageRecord:
+        message = dataclasses.replace(unsaved(
+            message_id=message_id, conversation_id=conversation_id, role=role, content=content, status=status,
+            client_id=client_id, reply_to=reply_to, now=now, stats=stats), seq=seq)
         self.conn.execute(_INSERT_MESSAGE, _row(message, user_id))
         return message
 
-    def append_message(self, message: Message, user_id: str, claim: Claim | None = None) -> Message | None:
+    def append_message(self, message: MessageRecord, user_id: str, claim: Claim | None = None) -> MessageRecord | None:
         """Append `message` (an `unsaved` one) at its conversation's next seq; the stored message, or
         None, and nothing written, when the conversation is not this user's (or is gone) or its
         client_id was used before.
@@ -369,7 +287,7 @@ class Store:
         return None if seq is None else dataclasses.replace(message, seq=seq)
 
     # -- replies in flight --------------------------------------------------------------------------
-    def claim_reply(self, user_message: Message, user_id: str, claim: Claim) -> None:
+    def claim_reply(self, user_message: MessageRecord, user_id: str, claim: Claim) -> None:
         """Record that `claim.owner` generates the reply to `user_message` (replacing an older claim)."""
         self.conn.execute(delete(replies_in_flight).where(replies_in_flight.c.user_message_id == user_message.id))
         self.conn.execute(_INSERT_IN_FLIGHT, _flight_row(user_message, user_id, claim))
@@ -387,34 +305,34 @@ class Store:
                                  .where(f.owner != live_owner))
         return [Orphan(*row) for row in rows]
 
-    def store_orphan(self, orphan: Orphan) -> Message | None:
+    def store_orphan(self, orphan: Orphan) -> MessageRecord | None:
         """Store what is known of a dead process's reply as `interrupted`, and release its claim."""
         return self.append_message(unsaved(
             message_id=orphan.reply_id, conversation_id=orphan.conversation_id, role="assistant",
             content=orphan.content, status="interrupted", reply_to=orphan.user_message_id), orphan.user_id)
 
-    def message_of(self, user_id: str, message_id: str) -> Message | None:
+    def message_of(self, user_id: str, message_id: str) -> MessageRecord | None:
         row = self.conn.execute(select(*MESSAGE_COLUMNS).where(messages.c.id == message_id,
                                                                 messages.c.user_id == user_id)).first()
-        return Message(*row) if row else None
+        return MessageRecord(*row) if row else None
 
-    def latest_reply(self, user_id: str, user_message_id: str) -> Message | None:
+    def latest_reply(self, user_id: str, user_message_id: str) -> MessageRecord | None:
         row = self.conn.execute(select(*MESSAGE_COLUMNS)
                                 .where(messages.c.reply_to == user_message_id, messages.c.user_id == user_id)
                                 .order_by(messages.c.seq.desc()).limit(1)).first()
-        return Message(*row) if row else None
+        return MessageRecord(*row) if row else None
 
-    def by_client_id(self, user_id: str, client_id: str) -> Message | None:
+    def by_client_id(self, user_id: str, client_id: str) -> MessageRecord | None:
         row = self.conn.execute(_BY_CLIENT_ID, {"p_user": user_id, "p_client": client_id}).first()
-        return Message(*row) if row else None
+        return MessageRecord(*row) if row else None
 
-    def replies_to(self, message_id: str) -> list[Message]:
-        return [Message(*row) for row in self.conn.execute(_REPLIES_TO, {"p_message": message_id})]
+    def replies_to(self, message_id: str) -> list[MessageRecord]:
+        return [MessageRecord(*row) for row in self.conn.execute(_REPLIES_TO, {"p_message": message_id})]
 
     def seq_of(self, message_id: str, conversation_id: str) -> int | None:
         return self.conn.execute(_SEQ_OF, {"p_message": message_id, "p_conversation": conversation_id}).scalar()
 
-    def page(self, conversation_id: str, before_seq: int | None, limit: int) -> tuple[list[Message], bool]:
+    def page(self, conversation_id: str, before_seq: int | None, limit: int) -> tuple[list[MessageRecord], bool]:
         """The newest `limit` messages older than `before_seq`, oldest first, and whether more remain.
 
         Fewer when they are large: a page holds at most PAGE_CONTENT_BYTES of content as sent (JSON-
@@ -424,12 +342,12 @@ class Store:
         if before_seq is not None:
             query = query.where(messages.c.seq < before_seq)
         result = self.conn.execute(query.order_by(messages.c.seq.desc()).limit(limit + 1))
-        rows: list[Message] = []
+        rows: list[MessageRecord] = []
         size = 0
         has_more = False
         try:
             for row in result:
-                message = Message(*row)
+                message = MessageRecord(*row)
                 size += len(orjson.dumps(message.content))
                 if len(rows) == limit or (rows and size > PAGE_CONTENT_BYTES):
                     has_more = True
@@ -440,7 +358,7 @@ class Store:
         return list(reversed(rows)), has_more
 
     def history(self, conversation_id: str, user_id: str, before: str | None,
-                limit: int) -> tuple[list[Message], bool]:
+                limit: int) -> tuple[list[MessageRecord], bool]:
         """A page of the user's conversation, as the history frame and the HTTP API give it."""
         if not self.owns_conversation(conversation_id, user_id):
             raise NotFound(conversation_id)

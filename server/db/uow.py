@@ -22,7 +22,8 @@ from sqlalchemy.util import greenlet_spawn
 
 from server import metrics
 from server.db.sqlite_writer import SqliteWriter
-from server.db.store import Claim, Message, Store, append_params, title_from
+from server.db.store import Store, append_params
+from server.domain import Claim, MessageRecord, title_from
 
 if TYPE_CHECKING:
     from server.db.pg_turn_writes import PgTurnWrites
@@ -57,7 +58,8 @@ class Database:
                 raise DatabaseUnavailable(str(e)) from e
         return await self._run(work, commit=True)
 
-    async def append_message(self, message: Message, user_id: str, claim: Claim | None = None) -> Message | None:
+    async def append_message(self, message: MessageRecord, user_id: str,
+                             claim: Claim | None = None) -> MessageRecord | None:
         """`Store.append_message`, committed when it returns: a turn's two writes.
 
         On PostgreSQL it is one statement, sent with no BEGIN or COMMIT around it (PostgreSQL
@@ -68,7 +70,7 @@ class Database:
         seq = await self.turn_writes.append(append_params(message, user_id, claim), claiming=claim is not None)
         return None if seq is None else dataclasses.replace(message, seq=seq)
 
-    async def start_conversation(self, message: Message, user_id: str, claim: Claim) -> Message | None:
+    async def start_conversation(self, message: MessageRecord, user_id: str, claim: Claim) -> MessageRecord | None:
         """On PostgreSQL, a new conversation (`message.conversation_id`, titled from its content)
         with `message` as its first, in one statement; None when the client_id was used before.
         Elsewhere None: the caller's unit of work does it."""

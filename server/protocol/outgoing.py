@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from server import PROTOCOL
-from server.db.store import iso
+from server.domain import iso
 from server.protocol.codes import ErrorCode
 
 if TYPE_CHECKING:
-    from server.db.store import Message
+    from server.domain import MessageRecord
 
 
 def encode(frame: dict[str, Any]) -> bytes:
@@ -31,6 +31,16 @@ def error(code: ErrorCode, detail: str, client_id: str | None = None) -> dict[st
     return frame
 
 
+# The one text for every "the database could not do it" answer, on the socket and over HTTP.
+DATABASE_UNAVAILABLE = "the database is unavailable; nothing was changed: try again"
+
+
+def unavailable(client_id: str | None = None) -> dict[str, Any]:
+    """The error frame for work the database could not do; with the client_id of a message
+    that was not stored."""
+    return error(ErrorCode.UNAVAILABLE, DATABASE_UNAVAILABLE, client_id)
+
+
 def ready(user_id: str, conversation_id: str | None, token: str | None,
           replies_in_flight: list[dict[str, Any]]) -> dict[str, Any]:
     frame: dict[str, Any] = {"type": "ready", "protocol": PROTOCOL, "user_id": user_id,
@@ -40,7 +50,7 @@ def ready(user_id: str, conversation_id: str | None, token: str | None,
     return frame
 
 
-def ack(message: Message, duplicate: bool) -> dict[str, Any]:
+def ack(message: MessageRecord, duplicate: bool) -> dict[str, Any]:
     return {"type": "ack", "client_id": message.client_id, "conversation_id": message.conversation_id,
             "message_id": message.id, "duplicate": duplicate}
 
@@ -53,7 +63,7 @@ def delta(reply_id: str, seq: int, content: str) -> dict[str, Any]:
     return {"type": "delta", "message_id": reply_id, "seq": seq, "content": content}
 
 
-def done(reply: Message) -> dict[str, Any]:
+def done(reply: MessageRecord) -> dict[str, Any]:
     frame: dict[str, Any] = {"type": "done", "conversation_id": reply.conversation_id, "message_id": reply.id,
                              "status": reply.status, "content": reply.content}
     if reply.status == "error":
@@ -61,7 +71,7 @@ def done(reply: Message) -> dict[str, Any]:
     return frame
 
 
-def message(m: Message) -> dict[str, Any]:
+def message(m: MessageRecord) -> dict[str, Any]:
     """A stored message as `history` (and `message_added`) carry it."""
     out: dict[str, Any] = {"id": m.id, "role": m.role, "content": m.content, "status": m.status,
                            "client_id": m.client_id, "created_at": iso(m.created_at)}
@@ -75,12 +85,12 @@ def message(m: Message) -> dict[str, Any]:
     return out
 
 
-def history(conversation_id: str, messages: list[Message], has_more: bool) -> dict[str, Any]:
+def history(conversation_id: str, messages: list[MessageRecord], has_more: bool) -> dict[str, Any]:
     return {"type": "history", "conversation_id": conversation_id, "messages": [message(m) for m in messages],
             "has_more": has_more}
 
 
-def message_added(m: Message) -> dict[str, Any]:
+def message_added(m: MessageRecord) -> dict[str, Any]:
     return {"type": "message_added", "conversation_id": m.conversation_id, "message": message(m)}
 
 

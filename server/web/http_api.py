@@ -58,10 +58,6 @@ Svc = Annotated[Services, Depends(services)]
 User = Annotated[Identity, Depends(identity)]
 
 
-def unavailable() -> HTTPException:
-    return HTTPException(503, "the database is unavailable; try again")
-
-
 @router.get("/api/conversations")
 async def list_conversations(svc: Svc, user: User, before: str | None = None,
                              limit: Annotated[int, Query(ge=1, le=MAX_CONVERSATIONS_PAGE)] = CONVERSATIONS_PAGE,
@@ -72,8 +68,6 @@ async def list_conversations(svc: Svc, user: User, before: str | None = None,
         items, has_more = await svc.db.read(lambda store: store.list_conversations(user.user_id, before, limit))
     except InvalidBefore:
         raise HTTPException(400, INVALID_BEFORE_CONVERSATION) from None
-    except DatabaseUnavailable:
-        raise unavailable() from None
     return {"items": items, "has_more": has_more}
 
 
@@ -91,8 +85,6 @@ async def list_messages(conversation_id: str, svc: Svc, user: User, before: str 
         raise HTTPException(404, NO_SUCH_CONVERSATION) from None
     except InvalidBefore:
         raise HTTPException(400, INVALID_BEFORE) from None
-    except DatabaseUnavailable:
-        raise unavailable() from None
     return {"conversation_id": conversation_id, "messages": [outgoing.message(m) for m in page],
             "has_more": has_more}
 
@@ -101,10 +93,7 @@ async def list_messages(conversation_id: str, svc: Svc, user: User, before: str 
 async def delete_conversation(conversation_id: str, svc: Svc, user: User) -> Response:
     if not known_id(conversation_id):
         raise HTTPException(404, NO_SUCH_CONVERSATION)
-    try:
-        deleted = await svc.db.write(lambda store: store.delete_conversation(conversation_id, user.user_id))
-    except DatabaseUnavailable:
-        raise unavailable() from None
+    deleted = await svc.db.write(lambda store: store.delete_conversation(conversation_id, user.user_id))
     if not deleted:
         raise HTTPException(404, NO_SUCH_CONVERSATION)
     svc.bus.stop_conversation(conversation_id, "deleted")

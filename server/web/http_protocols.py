@@ -1,4 +1,4 @@
-"""uvicorn's HTTP protocols with a deadline for the request (PROTOCOL.md: a connection that has
+"""uvicorn's HTTP protocols with a deadline for the request (docs/protocol.md: a connection that has
 not sent a whole request within 10 s of opening is closed).
 
 uvicorn has no such timeout (its settings time out only an idle keep-alive connection and the

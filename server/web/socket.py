@@ -11,8 +11,8 @@ import asyncio
 import logging
 from typing import Any
 
-from server.chat.sink import Disconnected, Incoming
 from server.protocol.outgoing import encode
+from server.replies.sink import Disconnected, Incoming
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
 from pathlib import Path
 
-# static/ sits beside the package in the repository (the widget issue fills it).
+# The page and the widget: static/ beside the package, in a checkout or an editable install.
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"

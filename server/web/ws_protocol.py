@@ -14,7 +14,7 @@ may never read the close code. Here the close frame is followed by a half-close 
 websockets library asks for, and the socket keeps reading, and discarding, until the client
 closes its side or a short timer runs out.
 
-Floods below the message layer (PROTOCOL.md, "One client must not be able to hurt another"):
+Floods below the message layer (docs/protocol.md, "Limits and close codes"):
 uvicorn hands the app only whole messages, and answers pings itself. So the app's frame-rate
 limit never sees continuation, ping or pong frames, and a client that sends a text frame with
 FIN=0 and then empty continuations nonstop, or 125-byte pings nonstop, costs the server CPU (other
@@ -51,7 +51,7 @@ from server.chat.limits import TokenBucket
 log = logging.getLogger(__name__)
 
 DRAIN_S = 2.0
-MAX_FRAGMENTS = 64  # PROTOCOL.md: a message in more fragments closes with 1008
+MAX_FRAGMENTS = 64  # docs/protocol.md: a message in more fragments closes with 1008
 POLICY = 1008
 CORK_LIMIT = 1 << 16  # bytes held for one write at most (asyncio's default high-water mark)
 _HEADER_16 = struct.Struct("!BBH")  # FIN + text opcode, 126, a 16-bit length

@@ -1,4 +1,4 @@
-"""One client must not hurt another (PROTOCOL.md, "Limits and close codes"): attacks from a raw
+"""One client must not hurt another (docs/protocol.md, "Limits and close codes"): attacks from a raw
 socket client (tests/support/raw_ws.py) that writes frames byte by byte and never reads, against a
 real server process, while another user plays turns. Each test measures the other user's slowest
 turn and the server's RSS growth, and asserts generous bounds: the point is "seconds and hundreds

@@ -1,4 +1,4 @@
-"""What clients are told names no internal address, SQL, file path or credentials (PROTOCOL.md,
+"""What clients are told names no internal address, SQL, file path or credentials (docs/protocol.md,
 "Limits and close codes"); the operator finds the detail in the log. And the chat page's headers.
 """
 

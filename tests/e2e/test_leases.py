@@ -1,4 +1,4 @@
-"""Process leases on a real PostgreSQL (server/db/leases.py): when a process counts as dead, and
+"""Process leases on a real PostgreSQL (server/recovery/leases.py): when a process counts as dead, and
 what the sweep then does. No server process: the statements, on a fresh database."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import asyncpg
 import pytest
 from support.client import aio
 
-from server.chat.sweep import LeaseTimes, sweep_dead
 from server.config import Settings
-from server.db import leases
 from server.db.engine import make_engine
 from server.db.migrate import upgrade_to_head
-from server.db.store import Claim, utcnow
 from server.db.uow import Database
+from server.domain import Claim, utcnow
+from server.recovery import leases
+from server.recovery.sweep import LeaseTimes, sweep_dead
 
 pytestmark = pytest.mark.postgres
 

@@ -21,7 +21,7 @@ async def test_a_newline_in_a_client_id_content_or_path_forges_no_log_line(make_
     server = make_server("sqlite")
     marker = "FORGED-" + uuid.uuid4().hex[:8]
     c = await Client.open(server)
-    await c.complete("line one\n" + marker + " INFO server.chat.turns: committed user message x",
+    await c.complete("line one\n" + marker + " INFO server.chat.commit_points: committed user message x",
                      client_id="k\n" + marker + " INFO x")
     await c.close()
     ws = RawWebSocket(server.port, path="/ws%0A" + marker + "%0D%0A" + marker)  # not /ws: refused, and logged

@@ -1,5 +1,5 @@
 """Many processes, one PostgreSQL: two real chat-server processes on one database behave as one
-server (PROTOCOL.md "Many processes"). PostgreSQL only: SQLite serves one process."""
+server (docs/multi-process.md). PostgreSQL only: SQLite serves one process."""
 
 from __future__ import annotations
 
@@ -428,10 +428,10 @@ async def test_a_process_taken_for_dead_ends_its_reply_as_the_sweep_stored_it(ma
         t = await c.collect(stop_after_deltas=2)
         await _pg_rows("WITH gone AS (DELETE FROM process_leases RETURNING owner) SELECT count(*) FROM gone",
                        dbname(server))
-        from server.chat.sweep import LeaseTimes, sweep_dead
         from server.config import Settings
         from server.db.engine import make_engine
         from server.db.uow import Database
+        from server.recovery.sweep import LeaseTimes, sweep_dead
 
         db = Database(make_engine(Settings(database_url=server.db_url)))
         try:

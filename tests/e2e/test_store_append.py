@@ -26,8 +26,9 @@ from server.db.migrate import upgrade_to_head
 from server.db.pg_turn_writes import APPLICATION_NAME, PgTurnWrites, asyncpg_dsn
 from server.db.schema import conversations, messages
 from server.db.sqlite_writer import SqliteWriter
-from server.db.store import Claim, Message, ReplyMeta, Store, new_id, unsaved, utcnow
+from server.db.store import Store
 from server.db.uow import Database, DatabaseUnavailable
+from server.domain import Claim, MessageRecord, ReplyMeta, new_id, unsaved, utcnow
 
 
 @pytest.fixture
@@ -213,7 +214,7 @@ async def test_a_used_client_id_starts_nothing_and_another_users_does(pg, databa
         await _conversation(database, "alice")  # its first message has client_id c-1
         before = await _rows(database)
 
-        def first_message(client_id: str) -> Message:
+        def first_message(client_id: str) -> MessageRecord:
             return unsaved(message_id=new_id(), conversation_id=new_id(), role="user", content="again",
                            status="complete", client_id=client_id)
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from support.inprocess import Harness, SteppedModel
 
-from server.chat.services import Services
+from server.bootstrap import start_services
 from server.config import Settings
 from server.db.migrate import upgrade_to_head
 
@@ -26,7 +26,7 @@ def harness(tmp_path: Path) -> Callable[..., Any]:
         async def running() -> AsyncIterator[Harness]:
             cfg = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/chat.db", echo_delay_ms=0, **settings)
             await upgrade_to_head(cfg)
-            svc = await Services.start(cfg)
+            svc = await start_services(cfg)
             model = SteppedModel(pieces)
             svc.backend = model
             try:

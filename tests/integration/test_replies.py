@@ -7,9 +7,9 @@ import asyncio
 
 from support.inprocess import FakeSink, aio
 
-from server.chat.sweep import sweep_orphans
-from server.chat.turn_runner import Turn
-from server.db.store import Claim, Message, new_id, utcnow
+from server.chat.turn_runner import TurnInProgress
+from server.domain import Claim, MessageRecord, new_id, utcnow
+from server.recovery.sweep import sweep_orphans
 
 
 def contents(sink: FakeSink, reply_id: str) -> list[tuple[int, str]]:
@@ -177,7 +177,7 @@ async def test_cancel_by_id_stops_the_reply_and_every_follower_hears_cancelled(h
 @aio
 async def test_a_plain_cancel_before_the_reply_exists_stops_it_at_once(harness):
     async with harness(pieces=10) as h:
-        sink, turn = FakeSink(), Turn()
+        sink, turn = FakeSink(), TurnInProgress()
         turn.cancel()
         await h.send("u1", sink, "hello", turn=turn)
         done = sink.of("done")[0]
@@ -269,7 +269,7 @@ async def test_the_sweep_stores_a_dead_owners_replies_as_interrupted(harness):
             store.checkpoint_reply(message.id, "r-dead", "half a ")
             return message
 
-        message: Message = await h.svc.db.write(crashed_turn)
+        message: MessageRecord = await h.svc.db.write(crashed_turn)
         assert await sweep_orphans(h.svc.db, "old-owner") == 0, "a live owner's replies are left alone"
         assert await sweep_orphans(h.svc.db, h.svc.owner) == 1
         stored = await h.stored(message.conversation_id)

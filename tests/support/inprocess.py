@@ -8,12 +8,12 @@ import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from server.chat.backends import ChatTurn
-from server.chat.follower import Follower
+from server.chat.backends import ModelRequest
 from server.chat.services import Services
-from server.chat.sink import Disconnected
-from server.chat.turn_runner import Turn, TurnRunner
+from server.chat.turn_runner import TurnInProgress, TurnRunner
 from server.protocol.frames import MessageFrame
+from server.replies.follower import Follower
+from server.replies.sink import Disconnected
 
 
 def aio(fn):  # type: ignore[no-untyped-def]
@@ -116,7 +116,7 @@ class SteppedModel:
         self._free = True
         self._changed.set()
 
-    async def stream(self, turn: ChatTurn) -> AsyncIterator[str]:
+    async def stream(self, turn: ModelRequest) -> AsyncIterator[str]:
         turn.stats.model = self.name
         try:
             for i in range(1, self.pieces + 1):
@@ -143,14 +143,14 @@ class Harness:
         self.model = model
 
     def runner(self, user: str) -> TurnRunner:
-        return TurnRunner(self.svc.reply_deps, self.svc.owner, user)
+        return TurnRunner(self.svc.reply_deps, self.svc.bus, self.svc.owner, user)
 
     def send(self, user: str, sink: FakeSink, content: str, client_id: str | None = None,
-             conversation_id: Any = None, turn: Turn | None = None) -> asyncio.Task[Any]:
+             conversation_id: Any = None, turn: TurnInProgress | None = None) -> asyncio.Task[Any]:
         """Run one turn in the background, as a socket's worker does."""
         frame = MessageFrame(content, conversation_id, client_id) if conversation_id else \
             MessageFrame(content, client_id=client_id)
-        return asyncio.ensure_future(self.runner(user).run(frame, sink, None, turn or Turn()))
+        return asyncio.ensure_future(self.runner(user).run(frame, sink, None, turn or TurnInProgress()))
 
     async def stored(self, conversation_id: str) -> list[Any]:
         page, _ = await self.svc.db.read(lambda store: store.page(conversation_id, None, 100))

@@ -8,13 +8,13 @@ import asyncio
 import pytest
 from support.client import aio
 
-from server.chat.backends import ChatTurn, make_backend
+from server.chat.backends import ModelRequest, make_backend
 from server.chat.backends.echo import YIELD_EVERY, EchoBackend
 from server.config import Settings
 
 
 async def pieces(message: str, delay_s: float = 0.0) -> list[str]:
-    return [p async for p in EchoBackend(delay_s).stream(ChatTurn("conv", message))]
+    return [p async for p in EchoBackend(delay_s).stream(ModelRequest("conv", message))]
 
 
 @pytest.mark.parametrize("message", [
@@ -89,7 +89,7 @@ async def consume_until_first_piece_then_cancel(stream) -> list[str]:  # type: i
 @aio
 async def test_cancelling_the_consumer_stops_the_stream():
     backend = EchoBackend(delay_s=0.05)
-    stream = backend.stream(ChatTurn("conv", " ".join(f"w{i}" for i in range(200))))
+    stream = backend.stream(ModelRequest("conv", " ".join(f"w{i}" for i in range(200))))
     got = await consume_until_first_piece_then_cancel(stream)
     assert got == ["You "]
     # Nothing more arrives later, and the generator is finished rather than suspended.
@@ -103,7 +103,7 @@ async def test_cancelling_the_consumer_stops_the_stream():
 @aio
 async def test_cancel_is_seen_between_pieces_even_without_delay():
     # With no delay the stream still yields to the loop every YIELD_EVERY pieces, so a cancel lands.
-    stream = EchoBackend(0).stream(ChatTurn("conv", " ".join(["w"] * 100_000)))
+    stream = EchoBackend(0).stream(ModelRequest("conv", " ".join(["w"] * 100_000)))
     got = await consume_until_first_piece_then_cancel(stream)
     assert 1 <= len(got) <= 3 * YIELD_EVERY  # a few loop turns at most, not the 100,002 pieces
     assert stream.ag_frame is None
@@ -125,7 +125,7 @@ async def test_without_delay_a_long_reply_lets_other_tasks_run_every_few_pieces(
 
     other = asyncio.create_task(other_socket())
     await asyncio.sleep(0)
-    async for piece in EchoBackend(0).stream(ChatTurn("conv", " ".join(["w"] * 10_000))):
+    async for piece in EchoBackend(0).stream(ModelRequest("conv", " ".join(["w"] * 10_000))):
         got.append(piece)
     other.cancel()
     gaps = [b - a for a, b in zip(pieces_at_tick, pieces_at_tick[1:], strict=False)]

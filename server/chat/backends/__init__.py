@@ -1,6 +1,6 @@
 """Model backends: anything that turns a conversation into an async stream of text pieces."""
 
-from server.chat.backends.base import Backend, BackendError, ChatTurn, ContextMessage, ReplyStats
+from server.chat.backends.base import Backend, BackendError, ContextMessage, ModelRequest, ReplyStats
 from server.config import Settings
 
 
@@ -14,4 +14,4 @@ def make_backend(settings: Settings) -> Backend:
     return OpenAIBackend(settings)
 
 
-__all__ = ["Backend", "BackendError", "ChatTurn", "ContextMessage", "ReplyStats", "make_backend"]
+__all__ = ["Backend", "BackendError", "ModelRequest", "ContextMessage", "ReplyStats", "make_backend"]

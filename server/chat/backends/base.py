@@ -24,7 +24,7 @@ class ReplyStats:
 
 
 @dataclass(frozen=True, slots=True)
-class ChatTurn:
+class ModelRequest:
     """What a backend gets: the user's message and, if it asked for it, what came before."""
 
     conversation_id: str
@@ -42,7 +42,7 @@ class Backend(Protocol):
     # How many earlier messages to load as context; 0 means none (no database read per turn).
     context_messages: int
 
-    def stream(self, turn: ChatTurn) -> AsyncIterator[str]:
+    def stream(self, turn: ModelRequest) -> AsyncIterator[str]:
         """The reply, piece by piece. Cancelling the consuming task must stop it at once:
         a backend closes whatever it holds upstream in its `finally`."""
         ...

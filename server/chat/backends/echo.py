@@ -6,7 +6,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 
-from server.chat.backends.base import ChatTurn
+from server.chat.backends.base import ModelRequest
 
 _WORD = re.compile(r"\S+\s*")
 YIELD_EVERY = 32
@@ -23,7 +23,7 @@ class EchoBackend:
     def reply_to(message: str) -> str:
         return f"You said: {message}"
 
-    async def stream(self, turn: ChatTurn) -> AsyncIterator[str]:
+    async def stream(self, turn: ModelRequest) -> AsyncIterator[str]:
         turn.stats.model = self.name
         for n, piece in enumerate(_WORD.findall(self.reply_to(turn.user_message))):
             # A pause before each delta looks like typing. With no pause the reply comes at once,

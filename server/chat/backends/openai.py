@@ -17,7 +17,7 @@ import openai
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
-from server.chat.backends.base import BackendError, ChatTurn
+from server.chat.backends.base import BackendError, ModelRequest
 from server.chat.backends.context import build_messages
 from server.config import Settings
 
@@ -51,7 +51,7 @@ class OpenAIBackend:
         )
         self._ready: tuple[float, bool] = (0.0, False)
 
-    async def stream(self, turn: ChatTurn) -> AsyncIterator[str]:
+    async def stream(self, turn: ModelRequest) -> AsyncIterator[str]:
         s = self.settings
         messages = build_messages(s.system_prompt, turn.context, turn.user_message, s.context_chars)
         for attempt in range(s.llm_retries + 1):
@@ -87,7 +87,7 @@ class OpenAIBackend:
         finally:
             await stream.close()  # closes the HTTP response: the backend stops generating
 
-    async def _open(self, messages: list[dict[str, str]], turn: ChatTurn) -> tuple[Any, Any, str]:
+    async def _open(self, messages: list[dict[str, str]], turn: ModelRequest) -> tuple[Any, Any, str]:
         """Start a completion and read up to its first piece of text."""
         s = self.settings
         stream = None
@@ -123,7 +123,7 @@ class OpenAIBackend:
             await self._close(stream)
             raise
 
-    def _take(self, chunk: Any, turn: ChatTurn) -> str:
+    def _take(self, chunk: Any, turn: ModelRequest) -> str:
         """The text in one chunk; records the model and, from the final chunk, the token usage."""
         if getattr(chunk, "model", None):
             turn.stats.model = chunk.model

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
 
-from server.db import leases
-from server.db.store import Claim, Message, ReplyMeta, Store, new_id, unsaved, utcnow
+from server.db.store import Store
 from server.db.uow import Database, DatabaseUnavailable
+from server.domain import Claim, MessageRecord, ReplyMeta, new_id, unsaved, utcnow
 from server.protocol.frames import ABSENT, MessageFrame, known_id
+from server.recovery import leases
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ class ConversationNotFound(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    message: Message
+    message: MessageRecord
     duplicate: bool
 
 
@@ -99,8 +100,8 @@ def _accept(user_id: str, frame: MessageFrame, current: str | None, claim: Claim
     return work
 
 
-async def store_reply(db: Database, user_id: str, reply_to: Message, reply_id: str, content: str,
-                      status: str, meta: ReplyMeta) -> Message | None:
+async def store_reply(db: Database, user_id: str, reply_to: MessageRecord, reply_id: str, content: str,
+                      status: str, meta: ReplyMeta) -> MessageRecord | None:
     """Commit the assistant's reply; None when its conversation was deleted meanwhile."""
     message = unsaved(message_id=reply_id, conversation_id=reply_to.conversation_id, role="assistant",
                       content=content, status=status, reply_to=reply_to.id, stats=meta)
@@ -119,7 +120,7 @@ async def store_reply(db: Database, user_id: str, reply_to: Message, reply_id: s
     return reply
 
 
-async def claim_again(db: Database, user_id: str, message: Message, claim: Claim,
+async def claim_again(db: Database, user_id: str, message: MessageRecord, claim: Claim,
                       lease_grace_s: float | None = None) -> bool:
     """A new reply to a message already stored (its earlier one was interrupted, or never came).
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from server.db.store import Orphan, Store
+from server.db.store import Store
+from server.domain import Orphan
 
 SESSION_PREFIX = "chat-server "  # + owner: the application_name of a process's LISTEN connection
 

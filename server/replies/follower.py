@@ -13,11 +13,11 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from server.chat.sink import Disconnected, Sink
 from server.protocol import outgoing
+from server.replies.sink import Disconnected, Sink
 
 if TYPE_CHECKING:
-    from server.chat.bus import Outcome, Reply
+    from server.replies.reply import LiveReply, Outcome
 
 # What the follower sends next.
 _PREAMBLE, _START, _DELTAS, _ENDED = range(4)
@@ -27,7 +27,7 @@ class Follower:
     __slots__ = ("reply", "sink", "sent", "client_id", "hold_interrupted", "ended", "_preamble", "_stage",
                  "_busy", "_task", "_on_leave")
 
-    def __init__(self, reply: Reply, sink: Sink, after: int, on_leave: Callable[[Follower], None], *,
+    def __init__(self, reply: LiveReply, sink: Sink, after: int, on_leave: Callable[[Follower], None], *,
                  preamble: dict[str, Any] | None = None, client_id: str | None = None,
                  hold_interrupted: bool = False):
         self.reply = reply

@@ -6,7 +6,7 @@ therefore exactly the records of owners that are not alive: each is stored as an
 reply, with the text its last checkpoint saw (often empty).
 
 - SQLite (one process): at start, every owner but this incarnation.
-- PostgreSQL: the owners without a live lease (server/db/leases.py), at start and then every
+- PostgreSQL: the owners without a live lease (server/recovery/leases.py), at start and then every
   `sweep_s` by every live process, so that a death is handled within about `lease_grace_s`
   (its session left PostgreSQL) or `lease_s` (it hung, or its host went away) plus a sweep.
 """
@@ -20,9 +20,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from server import metrics
-from server.db import leases
-from server.db.store import Orphan, Store
+from server.db.store import Store
 from server.db.uow import Database, DatabaseUnavailable
+from server.domain import Orphan
+from server.recovery import leases
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from typing import Any
 import asyncpg
 
 from server import metrics
-from server.chat import pg_payload
-from server.db.leases import session_name
 from server.db.pg_turn_writes import asyncpg_dsn
+from server.recovery.leases import session_name
+from server.replies.postgres import records
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ def process_channel(owner: str) -> str:
     return "chat_p_" + owner  # an identifier: 7 + 32 hex characters, under PostgreSQL's 63
 
 
-class PgChannel:
-    def __init__(self, database_url: str, owner: str, tick_s: float, on_records: Callable[[list[list[Any]]], None],
+class ListenConnection:
+    def __init__(self, database_url: str, owner: str, tick_s: float, on_records: Callable[[list[records.Record]], None],
                  on_gap: Callable[[], None], probe_s: float = 2.0):
         self.dsn = asyncpg_dsn(database_url)
         self.owner = owner
@@ -68,11 +68,18 @@ class PgChannel:
         self._tasks = [asyncio.ensure_future(self._send_loop()), asyncio.ensure_future(self._keep_alive())]
 
     # -- sending ---------------------------------------------------------------------------------
-    def send(self, channel: str, record: list[Any]) -> None:
-        self.send_encoded(channel, [pg_payload.encode(record)])
+    def send(self, channel: str, record: records.Record) -> None:
+        """Queue one record; one that no payload can carry is dropped here, counted, never sent."""
+        try:
+            encoded = records.encode(record)
+        except records.RecordTooLarge:
+            log.error("dropped a %s record too large for a notification", type(record).__name__)
+            metrics.NOTIFY_DROPPED.inc()
+            return
+        self.send_encoded(channel, [encoded])
 
-    def send_encoded(self, channel: str, records: list[bytes]) -> None:
-        self._out.setdefault(channel, []).extend(records)
+    def send_encoded(self, channel: str, encoded: list[bytes]) -> None:
+        self._out.setdefault(channel, []).extend(encoded)
         self._wake.set()
 
     def on_tick(self, producer: Callable[[], None]) -> None:
@@ -107,8 +114,8 @@ class PgChannel:
         out, self._out = self._out, {}
         channels: list[str] = []
         payloads: list[str] = []
-        for channel, records in out.items():
-            for payload in pg_payload.pack(records):
+        for channel, encoded in out.items():
+            for payload in records.pack(encoded):
                 channels.append(channel)
                 payloads.append(payload)
         conn = self._conn
@@ -130,12 +137,14 @@ class PgChannel:
         if pid == self._pid:
             return  # our own
         try:
-            records = pg_payload.unpack(payload)
+            received, skipped = records.unpack(payload)
         except ValueError:
             log.warning("ignored a notification that is not ours")
             return
+        if skipped:  # a process of another release: its newer records are not for us
+            metrics.NOTIFY_SKIPPED.inc(skipped)
         try:
-            self.on_records(records)
+            self.on_records(received)
         except Exception:
             log.exception("handling a notification failed")
 

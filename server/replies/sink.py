@@ -29,7 +29,7 @@ class Sink(Protocol):
         ...
 
 
-class Channel(Sink, Protocol):
+class ClientSocket(Sink, Protocol):
     """A whole socket: a sink that also reads, and closes with a code."""
 
     async def receive(self) -> Incoming: ...

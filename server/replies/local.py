@@ -1,39 +1,47 @@
-"""The reply seam for one process: everything in memory."""
+"""The reply seam for one process: everything in memory.
+
+`PgReplyBus` (postgres/bus.py) holds one of these for the replies its process generates, and
+reaches it only through the public methods here: `get`, `watchers`, `detach`, `attach`, and the
+`held_elsewhere` hook that keeps a reply followed from another process from being detached.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from server import metrics
-from server.chat.bus import Outcome, Reply, Watcher
-from server.chat.follower import Follower
-from server.chat.sink import Sink
-from server.db.store import Message
+from server.domain import MessageRecord
 from server.protocol import outgoing
+from server.replies.follower import Follower
+from server.replies.ports import Watcher
+from server.replies.reply import LiveReply, Outcome
+from server.replies.sink import Sink
 
 log = logging.getLogger(__name__)
 
 
 class LocalReplyBus:
-    def __init__(self, detached_reply_s: float, max_detached_replies: int):
+    def __init__(self, detached_reply_s: float, max_detached_replies: int,
+                 held_elsewhere: Callable[[LiveReply], bool] = lambda _reply: False):
+        self.held_elsewhere = held_elsewhere  # followed by a socket of another process: not detached
         self.detached_reply_s = detached_reply_s
         self.max_detached_replies = max_detached_replies
         self.closing = False
-        self._replies: dict[str, Reply] = {}  # by reply id
-        self._by_message: dict[str, Reply] = {}  # by the user message it answers
-        self._by_user: dict[str, list[Reply]] = {}
+        self._replies: dict[str, LiveReply] = {}  # by reply id
+        self._by_message: dict[str, LiveReply] = {}  # by the user message it answers
+        self._by_user: dict[str, list[LiveReply]] = {}
         self._detached: dict[str, int] = {}  # user -> detached replies
         self._watchers: dict[str, list[Watcher]] = {}
 
     # -- producing ---------------------------------------------------------------------------------
-    def claim(self, user_id: str, message: Message, reply_id: str) -> Reply | None:
+    def claim(self, user_id: str, message: MessageRecord, reply_id: str) -> LiveReply | None:
         if message.id in self._by_message:
             return None
-        reply = Reply(reply_id, user_id, message.conversation_id, message.id)
+        reply = LiveReply(reply_id, user_id, message.conversation_id, message.id)
         self._replies[reply_id] = reply
         self._by_message[message.id] = reply
         self._by_user.setdefault(user_id, []).append(reply)
@@ -42,21 +50,21 @@ class LocalReplyBus:
             reply.stop("interrupted")
         return reply
 
-    def run(self, reply: Reply, producer: Coroutine[Any, Any, None]) -> None:
+    def run(self, reply: LiveReply, producer: Coroutine[Any, Any, None]) -> None:
         reply.task = asyncio.ensure_future(producer)
 
-    async def publish(self, reply: Reply, piece: str) -> None:
+    async def publish(self, reply: LiveReply, piece: str) -> None:
         reply.pieces.append(piece)
         for follower in reply.followers[:]:  # a follower that ends leaves the list
             await follower.pump()
 
-    async def finish(self, reply: Reply, outcome: Outcome) -> None:
+    async def finish(self, reply: LiveReply, outcome: Outcome) -> None:
         reply.outcome = outcome
         self._forget(reply)
         for follower in list(reply.followers):
             await follower.pump()
 
-    def _forget(self, reply: Reply) -> None:
+    def _forget(self, reply: LiveReply) -> None:
         if self._replies.pop(reply.id, None) is None:
             return
         self._by_message.pop(reply.reply_to, None)
@@ -65,29 +73,34 @@ class LocalReplyBus:
             mine.remove(reply)
             if not mine:
                 del self._by_user[reply.user_id]
-        self._attach(reply)
+        self.attach(reply)
         metrics.REPLIES_IN_FLIGHT.dec()
 
     # -- finding and following -----------------------------------------------------------------------
-    def find(self, user_id: str, *, reply_id: str | None = None, reply_to: str | None = None) -> Reply | None:
+    def find(self, user_id: str, *, reply_id: str | None = None, reply_to: str | None = None) -> LiveReply | None:
         reply = self._replies.get(reply_id) if reply_id is not None else self._by_message.get(reply_to or "")
         return reply if reply is not None and reply.user_id == user_id else None
 
-    def in_flight(self, user_id: str) -> list[Reply]:
+    def get(self, reply_id: str) -> LiveReply | None:
+        """This process's reply in flight with that id, whoever's it is."""
+        return self._replies.get(reply_id)
+
+    def in_flight(self, user_id: str) -> list[LiveReply]:
         return list(self._by_user.get(user_id, ()))
 
-    async def locate(self, user_id: str, *, reply_id: str | None = None, reply_to: str | None = None) -> Reply | None:
+    async def locate(self, user_id: str, *, reply_id: str | None = None,
+                     reply_to: str | None = None) -> LiveReply | None:
         return self.find(user_id, reply_id=reply_id, reply_to=reply_to)
 
     async def listing(self, user_id: str) -> list[dict[str, Any]]:
         return [reply.listing() for reply in self.in_flight(user_id)]
 
-    def follow(self, reply: Reply, sink: Sink, after: int, *, preamble: dict[str, Any] | None = None,
+    def follow(self, reply: LiveReply, sink: Sink, after: int, *, preamble: dict[str, Any] | None = None,
                client_id: str | None = None, hold_interrupted: bool = False) -> Follower:
         follower = Follower(reply, sink, after, self._left, preamble=preamble, client_id=client_id,
                             hold_interrupted=hold_interrupted)
         reply.followers.append(follower)
-        self._attach(reply)
+        self.attach(reply)
         return follower
 
     def _left(self, follower: Follower) -> None:
@@ -95,12 +108,12 @@ class LocalReplyBus:
         with contextlib.suppress(ValueError):
             reply.followers.remove(follower)
         if not reply.followers and reply.outcome is None:
-            self._detach(reply)
+            self.detach(reply)
 
     # -- detached replies ----------------------------------------------------------------------------
-    def _detach(self, reply: Reply) -> None:
+    def detach(self, reply: LiveReply) -> None:
         """No socket follows it any more: it goes on for detached_reply_s, within the user's quota."""
-        if reply.detached or reply.stop_reason is not None:
+        if reply.detached or reply.stop_reason is not None or self.held_elsewhere(reply):
             return
         count = self._detached.get(reply.user_id, 0)
         if self.detached_reply_s <= 0 or count >= self.max_detached_replies or self.closing:
@@ -110,7 +123,7 @@ class LocalReplyBus:
         reply.detached = asyncio.get_running_loop().call_later(self.detached_reply_s, reply.stop, "interrupted")
         metrics.REPLIES_DETACHED.inc()
 
-    def _attach(self, reply: Reply) -> None:
+    def attach(self, reply: LiveReply) -> None:
         """Followed again (or finished): no longer detached."""
         if not reply.detached:
             return
@@ -151,7 +164,14 @@ class LocalReplyBus:
         if pending:
             log.error("%d reply(ies) were not stored within %.1fs", len(pending), timeout_s)
 
+    async def close(self) -> None:
+        return None
+
     # -- other tabs ----------------------------------------------------------------------------------
+    def watchers(self, user_id: str) -> list[Watcher]:
+        """The user's sync sockets in this process (a copy)."""
+        return list(self._watchers.get(user_id, ()))
+
     def watch(self, user_id: str, watcher: Watcher) -> None:
         self._watchers.setdefault(user_id, []).append(watcher)
 
@@ -162,7 +182,7 @@ class LocalReplyBus:
             if not watchers:
                 del self._watchers[user_id]
 
-    async def announce(self, message: Message, reply: Reply, origin: Sink) -> None:
+    async def announce(self, message: MessageRecord, reply: LiveReply, origin: Sink) -> None:
         watchers = self._watchers.get(reply.user_id)
         if not watchers:
             return

@@ -1,7 +1,7 @@
 """The reply seam across processes: a LocalReplyBus for the replies this process generates, plus
-LISTEN/NOTIFY (pg_channel.py) for everything that crosses to another process.
+LISTEN/NOTIFY (listen.py) for everything that crosses to another process (records.py).
 
-- A reply generated elsewhere is seen here as a *mirror*: a Reply whose pieces come from
+- A reply generated elsewhere is seen here as a *mirror*: a LiveReply whose pieces come from
   notifications. A mirror exists only while a socket here follows it (a resume, a duplicate
   client_id, a ?sync=1 socket): its first follower sends the owner an INTEREST with the last seq
   known here; the owner then sends its pieces after that seq, coalesced once per tick, and the
@@ -22,20 +22,22 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.chat import pg_payload as pp
-from server.chat.bus import Outcome, Reply
-from server.chat.follower import Follower
-from server.chat.local_bus import LocalReplyBus
-from server.chat.pg_channel import BROADCAST, PgChannel, process_channel
-from server.chat.sink import Sink
-from server.db import leases
-from server.db.store import Message, Orphan, utcnow
 from server.db.uow import Database, DatabaseUnavailable
+from server.domain import MessageRecord, Orphan, utcnow
 from server.protocol import outgoing
 from server.protocol.codes import ErrorCode
+from server.recovery import leases
+from server.replies.follower import Follower
+from server.replies.local import LocalReplyBus
+from server.replies.ports import Watcher
+from server.replies.postgres import records as rec
+from server.replies.postgres.listen import BROADCAST, ListenConnection, process_channel
+from server.replies.reply import LiveReply, Outcome
+from server.replies.sink import Sink
 
 log = logging.getLogger(__name__)
 
@@ -45,34 +47,40 @@ CHECK_AFTER_S = 5.0  # a mirror that heard nothing this long checks the database
 
 @dataclass(eq=False, slots=True)
 class Mirror:
-    reply: Reply
+    reply: LiveReply
     owner: str
-    assembler: pp.Assembler
+    assembler: rec.Assembler
     heard: float = field(default_factory=time.monotonic)
     checking: bool = False
 
 
-class PgReplyBus(LocalReplyBus):
-    def __init__(self, detached_reply_s: float, max_detached_replies: int, db: Database, owner: str,
-                 grace_s: float):
-        super().__init__(detached_reply_s, max_detached_replies)
+class PgReplyBus:
+    def __init__(self, detached_reply_s: float, max_detached_replies: int, db: Database, owner: str):
+        # The replies generated here; one followed from another process is not detached.
+        self.local = LocalReplyBus(detached_reply_s, max_detached_replies,
+                                   held_elsewhere=lambda reply: bool(self._remote.get(reply.id)))
         self.db = db
         self.owner = owner
-        self.grace_s = grace_s
-        self.channel: PgChannel | None = None
+        self.channel: ListenConnection | None = None
         self._mirrors: dict[str, Mirror] = {}  # replies generated elsewhere, followed here
         self._remote: dict[str, dict[str, int]] = {}  # our reply -> {process: last seq sent to it}
-        self._dirty: dict[str, Reply] = {}  # our replies with remote followers and something to send
+        self._dirty: dict[str, LiveReply] = {}  # our replies with remote followers and something to send
         self._tasks: set[asyncio.Task[Any]] = set()
         self._checker: asyncio.Task[None] | None = None
+        self._handlers: dict[type[rec.Record], Callable[[Any], None]] = {
+            rec.Pieces: self._on_pieces, rec.Finished: self._on_finished, rec.Gone: self._on_gone,
+            rec.Interest: self._on_interest, rec.Uninterest: self._on_uninterest, rec.Stop: self._on_stop,
+            rec.StopConversation: self._on_stop_conversation, rec.Deleted: self._on_deleted,
+            rec.Announce: self._on_announce,
+        }
 
     async def start(self, database_url: str, tick_s: float) -> None:
-        self.channel = PgChannel(database_url, self.owner, tick_s, self._received, self._gap)
+        self.channel = ListenConnection(database_url, self.owner, tick_s, self._received, self._gap)
         self.channel.on_tick(self._flush_remote)
         await self.channel.start()
         self._checker = asyncio.ensure_future(self._check_quiet_mirrors())
 
-    def _send(self, channel: str, record: list[Any]) -> None:
+    def _send(self, channel: str, record: rec.Record) -> None:
         if self.channel is not None:
             self.channel.send(channel, record)
 
@@ -81,19 +89,35 @@ class PgReplyBus(LocalReplyBus):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    # -- what the local bus does alone --------------------------------------------------------------
+    def claim(self, user_id: str, message: MessageRecord, reply_id: str) -> LiveReply | None:
+        return self.local.claim(user_id, message, reply_id)
+
+    def run(self, reply: LiveReply, producer: Coroutine[Any, Any, None]) -> None:
+        self.local.run(reply, producer)
+
+    def find(self, user_id: str, *, reply_id: str | None = None, reply_to: str | None = None) -> LiveReply | None:
+        return self.local.find(user_id, reply_id=reply_id, reply_to=reply_to)
+
+    def in_flight(self, user_id: str) -> list[LiveReply]:
+        return self.local.in_flight(user_id)
+
+    def watch(self, user_id: str, watcher: Watcher) -> None:
+        self.local.watch(user_id, watcher)
+
+    def unwatch(self, user_id: str, watcher: Watcher) -> None:
+        self.local.unwatch(user_id, watcher)
+
     # -- producing: what remote followers need ------------------------------------------------------
-    async def publish(self, reply: Reply, piece: str) -> None:
-        # LocalReplyBus.publish inlined: this runs once per delta of every turn.
-        reply.pieces.append(piece)
-        for follower in reply.followers[:]:
-            await follower.pump()
+    async def publish(self, reply: LiveReply, piece: str) -> None:
+        await self.local.publish(reply, piece)
         if reply.id in self._remote:
             self._dirty[reply.id] = reply
             assert self.channel is not None
             self.channel.wake()
 
-    async def finish(self, reply: Reply, outcome: Outcome) -> None:
-        await super().finish(reply, outcome)
+    async def finish(self, reply: LiveReply, outcome: Outcome) -> None:
+        await self.local.finish(reply, outcome)
         if reply.id in self._remote:
             self._dirty[reply.id] = reply
             assert self.channel is not None
@@ -110,21 +134,17 @@ class PgReplyBus(LocalReplyBus):
             for process, sent in processes.items():
                 if reply.seq > sent:
                     self.channel.send_encoded(process_channel(process),
-                                              pp.pieces_records(reply_id, sent + 1, reply.pieces[sent:]))
+                                              rec.pieces_records(reply_id, sent + 1, reply.pieces[sent:]))
                     processes[process] = reply.seq
                 if reply.outcome is not None:
                     self.channel.send(process_channel(process), _finished_record(reply, reply.outcome))
             if reply.outcome is not None:
                 self._remote.pop(reply_id, None)
 
-    def _detach(self, reply: Reply) -> None:
-        if self._remote.get(reply.id):
-            return  # a socket of another process follows it
-        super()._detach(reply)
-
     # -- finding, following, listing --------------------------------------------------------------------
-    async def locate(self, user_id: str, *, reply_id: str | None = None, reply_to: str | None = None) -> Reply | None:
-        reply = self.find(user_id, reply_id=reply_id, reply_to=reply_to)
+    async def locate(self, user_id: str, *, reply_id: str | None = None,
+                     reply_to: str | None = None) -> LiveReply | None:
+        reply = self.local.find(user_id, reply_id=reply_id, reply_to=reply_to)
         if reply is not None:
             return reply
         for mirror in self._mirrors.values():
@@ -136,17 +156,17 @@ class PgReplyBus(LocalReplyBus):
             return None
         rid, message_id, conversation_id, owner = found
         if owner == self.owner:
-            return self.find(user_id, reply_id=rid)  # ours, and no longer in flight: its store failed
+            return self.local.find(user_id, reply_id=rid)  # ours, and no longer in flight: its store failed
         return self._mirror(rid, user_id, conversation_id, message_id, owner).reply
 
     async def listing(self, user_id: str) -> list[dict[str, Any]]:
         try:
             rows = await self.db.read(lambda store: leases.in_flight(store, user_id))
         except DatabaseUnavailable:
-            return await super().listing(user_id)
+            return await self.local.listing(user_id)
         out = []
         for rid, message_id, conversation_id, owner in rows:
-            reply = self.find(user_id, reply_id=rid)
+            reply = self.local.find(user_id, reply_id=rid)
             mirror = self._mirrors.get(rid)
             if reply is not None:
                 out.append(reply.listing())
@@ -156,30 +176,30 @@ class PgReplyBus(LocalReplyBus):
                 out.append({"conversation_id": conversation_id, "message_id": rid, "reply_to": message_id, "seq": 0})
         listed = {item["message_id"] for item in out}
         # Ours whose record could not be written (the database failed at that moment) are in flight too.
-        out += [reply.listing() for reply in self.in_flight(user_id) if reply.id not in listed]
+        out += [reply.listing() for reply in self.local.in_flight(user_id) if reply.id not in listed]
         return out
 
     def _mirror(self, reply_id: str, user_id: str, conversation_id: str, reply_to: str, owner: str) -> Mirror:
         mirror = self._mirrors.get(reply_id)
         if mirror is None:
-            reply = Reply(reply_id, user_id, conversation_id, reply_to)
-            mirror = Mirror(reply, owner, pp.Assembler(reply.pieces))
+            reply = LiveReply(reply_id, user_id, conversation_id, reply_to)
+            mirror = Mirror(reply, owner, rec.Assembler(reply.pieces))
             self._mirrors[reply_id] = mirror
         return mirror
 
-    def follow(self, reply: Reply, sink: Sink, after: int, *, preamble: dict[str, Any] | None = None,
+    def follow(self, reply: LiveReply, sink: Sink, after: int, *, preamble: dict[str, Any] | None = None,
                client_id: str | None = None, hold_interrupted: bool = False) -> Follower:
         mirror = self._mirrors.get(reply.id)
         if mirror is None or mirror.reply is not reply:
-            return super().follow(reply, sink, after, preamble=preamble, client_id=client_id,
-                                  hold_interrupted=hold_interrupted)
+            return self.local.follow(reply, sink, after, preamble=preamble, client_id=client_id,
+                                     hold_interrupted=hold_interrupted)
         follower = Follower(reply, sink, after, self._left_mirror, preamble=preamble, client_id=client_id,
                             hold_interrupted=hold_interrupted)
         first = not reply.followers
         reply.followers.append(follower)
         if first and reply.outcome is None:
             mirror.heard = time.monotonic()
-            self._send(process_channel(mirror.owner), [pp.INTEREST, self.owner, reply.id, reply.seq])
+            self._send(process_channel(mirror.owner), rec.Interest(self.owner, reply.id, reply.seq))
         return follower
 
     def _left_mirror(self, follower: Follower) -> None:
@@ -189,7 +209,7 @@ class PgReplyBus(LocalReplyBus):
         mirror = self._mirrors.get(reply.id)
         if not reply.followers and mirror is not None and reply.outcome is None:
             del self._mirrors[reply.id]
-            self._send(process_channel(mirror.owner), [pp.UNINTEREST, self.owner, reply.id])
+            self._send(process_channel(mirror.owner), rec.Uninterest(self.owner, reply.id))
 
     async def _end_mirror(self, mirror: Mirror, outcome: Outcome) -> None:
         reply = mirror.reply
@@ -206,33 +226,33 @@ class PgReplyBus(LocalReplyBus):
 
     # -- stopping and other tabs: broadcast; whoever has it acts ---------------------------------------
     def stop(self, user_id: str, reply_id: str, reason: str) -> bool:
-        if super().stop(user_id, reply_id, reason):
+        if self.local.stop(user_id, reply_id, reason):
             return True
-        self._send(BROADCAST, [pp.STOP, user_id, reply_id, reason])
+        self._send(BROADCAST, rec.Stop(user_id, reply_id, reason))
         return False
 
     def stop_conversation(self, conversation_id: str, reason: str) -> int:
-        self._send(BROADCAST, [pp.STOP_CONVERSATION, conversation_id])
-        return super().stop_conversation(conversation_id, reason)
+        self._send(BROADCAST, rec.StopConversation(conversation_id))
+        return self.local.stop_conversation(conversation_id, reason)
 
     def announce_deleted(self, user_id: str, conversation_id: str) -> None:
-        super().announce_deleted(user_id, conversation_id)
-        self._send(BROADCAST, [pp.DELETED, user_id, conversation_id])
+        self.local.announce_deleted(user_id, conversation_id)
+        self._send(BROADCAST, rec.Deleted(user_id, conversation_id))
 
-    async def announce(self, message: Message, reply: Reply, origin: Sink) -> None:
-        await super().announce(message, reply, origin)
-        self._send(BROADCAST, [pp.ANNOUNCE, self.owner, reply.user_id, message.id, reply.id, reply.conversation_id])
+    async def announce(self, message: MessageRecord, reply: LiveReply, origin: Sink) -> None:
+        await self.local.announce(message, reply, origin)
+        self._send(BROADCAST, rec.Announce(self.owner, reply.user_id, message.id, reply.id, reply.conversation_id))
 
     async def swept(self, orphans: list[Orphan]) -> None:
         """Replies of a dead process, just stored as interrupted: tell whoever follows them."""
         for orphan in orphans:
-            self._send(BROADCAST, [pp.FINISHED, orphan.reply_id, "interrupted", -1, None])
+            self._send(BROADCAST, rec.Finished(orphan.reply_id, "interrupted", -1, None))
             mirror = self._mirrors.get(orphan.reply_id)
             if mirror is not None:
                 await self._check(mirror)
 
     async def shut_down(self, timeout_s: float) -> None:
-        await super().shut_down(timeout_s)
+        await self.local.shut_down(timeout_s)
         await self.close()  # sends what waits: remote followers hear `interrupted`
 
     async def close(self) -> None:
@@ -243,73 +263,75 @@ class PgReplyBus(LocalReplyBus):
             await self.channel.close()
 
     # -- receiving ---------------------------------------------------------------------------------------
-    def _received(self, records: list[list[Any]]) -> None:
+    def _received(self, records: list[rec.Record]) -> None:
         for record in records:
-            kind = record[0]
-            if kind == pp.PIECES:
-                mirror = self._mirrors.get(record[1])
-                if mirror is None:
-                    continue
-                mirror.heard = time.monotonic()
-                if not mirror.assembler.add(*record[2:6]):
-                    self._ask_again(mirror)
-                    continue
-                for follower in mirror.reply.followers[:]:
-                    self._spawn(follower.pump())
-            elif kind == pp.FINISHED:
-                mirror = self._mirrors.get(record[1])
-                if mirror is not None:
-                    self._spawn(self._finished(mirror, record[2], record[3], record[4]))
-            elif kind == pp.GONE:
-                mirror = self._mirrors.get(record[1])
-                if mirror is not None:
-                    self._spawn(self._check(mirror))
-            elif kind == pp.INTEREST:
-                self._interest(record[1], record[2], record[3])
-            elif kind == pp.UNINTEREST:
-                self._uninterest(record[1], record[2])
-            elif kind == pp.STOP:
-                reply = self._replies.get(record[2])
-                if reply is not None and reply.user_id == record[1]:
-                    reply.stop(record[3])
-            elif kind == pp.STOP_CONVERSATION:
-                super().stop_conversation(record[1], "deleted")
-            elif kind == pp.DELETED:
-                super().announce_deleted(record[1], record[2])
-            elif kind == pp.ANNOUNCE:
-                if self._watchers.get(record[2]):
-                    self._spawn(self._announced(*record[1:6]))
+            self._handlers[type(record)](record)
 
-    def _interest(self, process: str, reply_id: str, after: int) -> None:
-        reply = self._replies.get(reply_id) or self._dirty.get(reply_id)
-        if reply is None:
-            self._send(process_channel(process), [pp.GONE, reply_id])
+    def _on_pieces(self, record: rec.Pieces) -> None:
+        mirror = self._mirrors.get(record.reply_id)
+        if mirror is None:
             return
-        self._remote.setdefault(reply_id, {})[process] = max(0, min(after, reply.seq))
-        self._attach(reply)
+        mirror.heard = time.monotonic()
+        if not mirror.assembler.add(record):
+            self._ask_again(mirror)
+            return
+        for follower in mirror.reply.followers[:]:
+            self._spawn(follower.pump())
+
+    def _on_finished(self, record: rec.Finished) -> None:
+        mirror = self._mirrors.get(record.reply_id)
+        if mirror is not None:
+            self._spawn(self._finished(mirror, record))
+
+    def _on_gone(self, record: rec.Gone) -> None:
+        mirror = self._mirrors.get(record.reply_id)
+        if mirror is not None:
+            self._spawn(self._check(mirror))
+
+    def _on_stop(self, record: rec.Stop) -> None:
+        self.local.stop(record.user_id, record.reply_id, record.reason)  # only the user's own reply
+
+    def _on_stop_conversation(self, record: rec.StopConversation) -> None:
+        self.local.stop_conversation(record.conversation_id, "deleted")
+
+    def _on_deleted(self, record: rec.Deleted) -> None:
+        self.local.announce_deleted(record.user_id, record.conversation_id)
+
+    def _on_announce(self, record: rec.Announce) -> None:
+        if self.local.watchers(record.user_id):
+            self._spawn(self._announced(record))
+
+    def _on_interest(self, record: rec.Interest) -> None:
+        reply_id = record.reply_id
+        reply = self.local.get(reply_id) or self._dirty.get(reply_id)
+        if reply is None:
+            self._send(process_channel(record.owner), rec.Gone(reply_id))
+            return
+        self._remote.setdefault(reply_id, {})[record.owner] = max(0, min(record.after, reply.seq))
+        self.local.attach(reply)
         self._dirty[reply_id] = reply
         assert self.channel is not None
         self.channel.wake()
 
-    def _uninterest(self, process: str, reply_id: str) -> None:
-        processes = self._remote.get(reply_id)
+    def _on_uninterest(self, record: rec.Uninterest) -> None:
+        processes = self._remote.get(record.reply_id)
         if processes is None:
             return
-        processes.pop(process, None)
+        processes.pop(record.owner, None)
         if not processes:
-            del self._remote[reply_id]
-            reply = self._replies.get(reply_id)
+            del self._remote[record.reply_id]
+            reply = self.local.get(record.reply_id)
             if reply is not None and not reply.followers and reply.outcome is None:
-                self._detach(reply)
+                self.local.detach(reply)
 
     def _ask_again(self, mirror: Mirror) -> None:
-        self._send(process_channel(mirror.owner), [pp.INTEREST, self.owner, mirror.reply.id, mirror.reply.seq])
+        self._send(process_channel(mirror.owner), rec.Interest(self.owner, mirror.reply.id, mirror.reply.seq))
 
-    async def _finished(self, mirror: Mirror, status: str, seq: int, error: str | None) -> None:
-        reply = mirror.reply
-        if status in STORED and seq == reply.seq:  # everything arrived: the stored reply is what we have
-            stored = Message(reply.id, reply.conversation_id, 0, "assistant", reply.content, status, None,
-                             reply.reply_to, utcnow(), error=error)
+    async def _finished(self, mirror: Mirror, record: rec.Finished) -> None:
+        reply, status = mirror.reply, record.status
+        if status in STORED and record.seq == reply.seq:  # everything arrived: the stored reply is what we have
+            stored = MessageRecord(reply.id, reply.conversation_id, 0, "assistant", reply.content, status, None,
+                                   reply.reply_to, utcnow(), error=record.error)
             await self._end_mirror(mirror, Outcome(stored))
         elif status not in STORED:
             await self._end_mirror(mirror, Outcome(None, ErrorCode(status)))
@@ -352,27 +374,27 @@ class PgReplyBus(LocalReplyBus):
         for mirror in list(self._mirrors.values()):
             self._spawn(self._check(mirror))
 
-    async def _announced(self, owner: str, user_id: str, message_id: str, reply_id: str,
-                         conversation_id: str) -> None:
+    async def _announced(self, record: rec.Announce) -> None:
         """A user message committed on another process: this process's sync sockets follow its reply."""
+        user_id = record.user_id
         try:
-            message = await self.db.read(lambda store: store.message_of(user_id, message_id))
+            message = await self.db.read(lambda store: store.message_of(user_id, record.message_id))
         except DatabaseUnavailable:
             return
-        watchers = self._watchers.get(user_id)
+        watchers = self.local.watchers(user_id)
         if message is None or not watchers:
             return
-        mirror = self._mirror(reply_id, user_id, conversation_id, message_id, owner)
+        mirror = self._mirror(record.reply_id, user_id, record.conversation_id, record.message_id, record.owner)
         added = outgoing.message_added(message)
-        for watcher in list(watchers):
+        for watcher in watchers:
             follower = self.follow(mirror.reply, watcher.sink, 0, preamble=added)
             watcher.adopt(follower)
             await follower.pump()
 
 
-def _finished_record(reply: Reply, outcome: Outcome) -> list[Any]:
+def _finished_record(reply: LiveReply, outcome: Outcome) -> rec.Finished:
     stored = outcome.stored
     if stored is not None:
-        return [pp.FINISHED, reply.id, stored.status, reply.seq, stored.error]
+        return rec.Finished(reply.id, stored.status, reply.seq, rec.clip(stored.error))
     failure = outcome.failure or ErrorCode.INTERNAL
-    return [pp.FINISHED, reply.id, failure.value, reply.seq, None]
+    return rec.Finished(reply.id, failure.value, reply.seq, None)
