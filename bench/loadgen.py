@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Load generator for the chat.v1 WebSocket server (wire contract: PROTOCOL.md).
+"""Load generator for the chat.v1 WebSocket server (wire contract: docs/protocol.md).
 
 Load mode: open --sockets connections (each waits for `ready`), then each socket runs --turns
 turns in sequence. A turn sends --words distinct words plus a per-turn tag with a unique
