@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# chat-server (one process, LISTEN/NOTIFY adapter on) against the minimal PostgreSQL server in
-# ../shared/bench/raw_ws_pg.py: 50 sockets x 40 turns, 20 words, A B A B for 3 rounds, each run on
-# a fresh database and a fresh server. Prints: round, server, turns/s, done p99 ms, the server's CPU
-# ms/turn, the machine's (all cores: server, PostgreSQL, load generator) and the load generator's
-# CPU ms/turn, the cores busy, CPU seconds stolen by the hypervisor, failures. Needs PostgreSQL at 127.0.0.1:5432 (trust) and the project's venv.
+# chat-server (one process, LISTEN/NOTIFY adapter on) against a minimal hand-written PostgreSQL
+# server (one INSERT per commit point, no framework; not shipped here): 50 sockets x 40 turns,
+# 20 words, A B A B for 3 rounds, each run on a fresh database and a fresh server. The minimal
+# server's path is the `minimal=` line below; it is started as `python PATH --port N` with
+# BENCH_PG_DSN (its database) and BENCH_ORJSON=1 in its environment.
+# Prints: round, server, turns/s, done p99 ms, the server's CPU ms/turn, the machine's (all cores:
+# server, PostgreSQL, load generator) and the load generator's CPU ms/turn, the cores busy, CPU
+# seconds stolen by the hypervisor, failures. Needs PostgreSQL at 127.0.0.1:5432 (trust) and the
+# project's venv.
 # ROUNDS=n and SERVERS="chat-server" (one of the two) for a quicker look. With both servers, the
 # last lines are the ratio of each round (chat-server / minimal), their median, and the medians'.
 set -u

@@ -7,8 +7,8 @@ each socket, the same statements and commit points as chat-server:
 
   1. one transaction: the (user_id, client_id) lookup, UPDATE conversations ... RETURNING last_seq
      (or INSERT a new conversation), INSERT the user message; COMMIT; then `ack`;
-  2. `start`, one `delta` per word of "You said: <message>" (yielding to the loop before each,
-     as the echo backend does with CHAT_ECHO_DELAY_MS=0);
+  2. `start`, one `delta` per word of "You said: <message>" (yielding to the loop before each;
+     chat-server's echo backend with CHAT_ECHO_DELAY_MS=0 yields once every 32);
   3. one transaction: UPDATE ... RETURNING last_seq, INSERT the reply; COMMIT; then `done`.
 
 No group commit, no ORM: raw SQL over one aiosqlite connection (writes serialised by a lock,

@@ -1,15 +1,19 @@
-"""replies in flight without foreign keys or the owner index: a turn writes and removes its row,
+"""replies_in_flight without foreign keys or the owner index: a turn writes and removes its row,
 and both cost it PostgreSQL work that nothing needed
 
 Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-29
 
-Each foreign key made the claim's INSERT look up and lock (FOR KEY SHARE) the message and the
-conversation row it names; no query filtered on `owner =`, so its index was only written. Together
-about 5 % of PostgreSQL's CPU per turn (docs/benchmarks.md, session 5). Store.delete_conversation now
-removes a conversation's rows itself, and a reply's statement removes its row even when the
-conversation is gone, so nothing relied on the cascades.
+Drops the two foreign keys of replies_in_flight (to messages and to conversations) and its index
+on `owner`. Each foreign key made the claim's INSERT look up and lock (FOR KEY SHARE) the message
+and the conversation row it names; no query filters on `owner =` (the sweep's is `owner <>`), so
+its index was only ever written. Together they were about 5 % of PostgreSQL's CPU per turn:
+637 against 670 us with the keys and index put back, measured 2026-11-29 with
+bench/pg_turn_cost.py's loop, alternated (docs/benchmarks.md). Nothing relies on the cascades:
+Store.delete_conversation removes a conversation's rows itself, and a reply's statement removes
+its row even when the conversation is gone. The downgrade first deletes rows whose message is gone,
+which the keys would refuse.
 """
 from collections.abc import Sequence
 
