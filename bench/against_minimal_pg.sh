@@ -2,7 +2,7 @@
 # chat-server (one process, LISTEN/NOTIFY adapter on) against a minimal hand-written PostgreSQL
 # server (one INSERT per commit point, no framework; not shipped here): 50 sockets x 40 turns,
 # 20 words, A B A B for 3 rounds, each run on a fresh database and a fresh server. The minimal
-# server's path is the `minimal=` line below; it is started as `python PATH --port N` with
+# server's path is MINIMAL (by default where this project keeps it); it is started as `python PATH --port N` with
 # BENCH_PG_DSN (its database) and BENCH_ORJSON=1 in its environment.
 # Prints: round, server, turns/s, done p99 ms, the server's CPU ms/turn, the machine's (all cores:
 # server, PostgreSQL, load generator) and the load generator's CPU ms/turn, the cores busy, CPU
@@ -13,7 +13,7 @@
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 py=$root/.venv/bin/python
-minimal=$root/../shared/bench/raw_ws_pg.py
+minimal=${MINIMAL:-$root/../shared/bench/raw_ws_pg.py}
 work=$(mktemp -d)
 echo "round server turns/s done_p99_ms server_cpu_ms machine_cpu_ms loadgen_cpu_ms busy_cores stolen_s failures"
 for round in $(seq ${ROUNDS:-3}); do
