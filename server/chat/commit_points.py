@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from server.db.store import Store
 from server.db.uow import Database, DatabaseUnavailable
-from server.domain import Claim, MessageRecord, ReplyMeta, new_id, unsaved, utcnow
+from server.domain import Claim, MessageRecord, ReplyMeta, new_id, unsaved
 from server.protocol.frames import ABSENT, MessageFrame, known_id
 from server.recovery import leases
 
@@ -35,7 +35,7 @@ async def accept_message(db: Database, user_id: str, frame: MessageFrame, curren
     """Commit the user's message with the claim on its reply, or find the original when its
     client_id was seen before (then nothing is written)."""
     accepted = await _append_to_conversation(db, user_id, frame, current, claim)
-    if accepted is None:  # a duplicate, one not found, a new one on SQLite: the full unit decides
+    if accepted is None:  # a duplicate, or a conversation not found: the full unit decides
         for attempt in range(2):
             try:
                 accepted = await db.write(_accept(user_id, frame, current, claim))
@@ -53,49 +53,52 @@ async def accept_message(db: Database, user_id: str, frame: MessageFrame, curren
     return accepted
 
 
+def _user_message(frame: MessageFrame, conversation_id: str) -> MessageRecord:
+    return unsaved(message_id=new_id(), conversation_id=conversation_id, role="user", content=frame.content,
+                   status="complete", client_id=frame.client_id)
+
+
 async def _append_to_conversation(db: Database, user_id: str, frame: MessageFrame,
                                   current: str | None, claim: Claim) -> Accepted | None:
-    """The common cases in one statement: a new message to a conversation the user has, or (on
-    PostgreSQL) the first message of a new one."""
+    """The common cases in one write: a new message to a conversation the user has, or the
+    first message of a new one. None when nothing was written (see `_accept`)."""
     conversation_id = frame.conversation_id if frame.conversation_id is not ABSENT else current
     if conversation_id is not None and not known_id(conversation_id):
         return None
-    message = unsaved(message_id=new_id(), conversation_id=conversation_id or new_id(), role="user",
-                      content=frame.content, status="complete", client_id=frame.client_id)
     try:
         if conversation_id is None:
-            stored = await db.start_conversation(message, user_id, claim)
+            stored = await db.start_conversation(_user_message(frame, new_id()), user_id, claim)
         else:
-            stored = await db.append_message(message, user_id, claim)
+            stored = await db.append_message(_user_message(frame, conversation_id), user_id, claim)
     except IntegrityError:  # the same client_id committed by another socket just now
         return None
     return None if stored is None else Accepted(stored, duplicate=False)
 
 
 def _accept(user_id: str, frame: MessageFrame, current: str | None, claim: Claim) -> Callable[[Store], Accepted]:
+    """The unit that tells the rarer cases apart: a duplicate (the original), a conversation
+    asked for that is not the user's (ConversationNotFound), or a current one that was deleted
+    (a new conversation). The writes are the store's own, as on the common path."""
+
     def work(store: Store) -> Accepted:
         if frame.client_id is not None:
             original = store.by_client_id(user_id, frame.client_id)
             if original is not None:
                 return Accepted(original, duplicate=True)
-        now = utcnow()
         explicit = frame.conversation_id is not ABSENT
         conversation_id = frame.conversation_id if explicit else current
-        seq = None
         if explicit and conversation_id is not None and not known_id(conversation_id):
             raise ConversationNotFound(conversation_id)  # longer than any id: no query
         if conversation_id is not None:
-            seq = store.next_seq(conversation_id, user_id, now)
-            if seq is None and explicit:
+            stored = store.append_message(_user_message(frame, conversation_id), user_id, claim)
+            if stored is not None:
+                return Accepted(stored, duplicate=False)
+            if explicit:
                 raise ConversationNotFound(conversation_id)
-        if conversation_id is None or seq is None:
-            # A new conversation: asked for, none yet, or the current one was deleted.
-            conversation_id, seq = store.create_conversation(user_id, frame.content, now), 1
-        message = store.add_message(
-            message_id=new_id(), conversation_id=conversation_id, user_id=user_id, seq=seq, role="user",
-            content=frame.content, status="complete", client_id=frame.client_id, reply_to=None, now=now)
-        store.claim_reply(message, user_id, claim)
-        return Accepted(message, duplicate=False)
+        # A new conversation: asked for, none yet, or the current one was deleted.
+        started = store.start_conversation(_user_message(frame, new_id()), user_id, claim)
+        assert started is not None, "its client_id was checked above, in this transaction"
+        return Accepted(started, duplicate=False)
 
     return work
 

@@ -48,12 +48,18 @@ _INSERT_MESSAGE = insert(messages)
 # does not. updated_at is indexed (the conversation list's order), so an UPDATE that changes it
 # writes new index entries, while one that changes only last_seq is a HOT update: about a sixth
 # of PostgreSQL's work per turn, measured (docs/benchmarks.md).
-def _next_seq(moves_updated_at: bool) -> Any:
-    moved: dict[str, Any] = {"updated_at": _p("p_now")} if moves_updated_at else {}
+# Parameters are named p_<column>: a key named like a column of `conversations` would be added to
+# the UPDATE's SET clause by SQLAlchemy.
+def _next_seq(moves_updated_at: bool, unless_client_id_used: bool = False) -> Any:
+    """Take the conversation's next seq (RETURNING it); no row when it is not the user's (or,
+    `unless_client_id_used`, when the message's client_id was used before)."""
+    c = conversations.c
+    moved: dict[str, Any] = {"updated_at": _p("p_created_at")} if moves_updated_at else {}
+    guard = [~_client_id_used()] if unless_client_id_used else []
     return (update(conversations)
-            .where(conversations.c.id == _p("p_conversation"), conversations.c.user_id == _p("p_user"))
-            .values(last_seq=conversations.c.last_seq + 1, **moved)
-            .returning(conversations.c.last_seq))
+            .where(c.id == _p("p_conversation_id"), c.user_id == _p("p_user_id"), *guard)
+            .values(last_seq=c.last_seq + 1, **moved)
+            .returning(c.last_seq))
 
 
 _NEXT_SEQ = _next_seq(moves_updated_at=True)  # a user message
@@ -78,17 +84,8 @@ def _append_statement(claiming: bool) -> Any:
     it is owed (claiming), a reply removes its own, so knowing what a dead process left costs no
     extra commit.
     """
-    # Parameters are named p_<column>: a key named like a column of `conversations` would be
-    # added to the UPDATE's SET clause by SQLAlchemy.
     f = replies_in_flight.c
-    moved: dict[str, Any] = {"updated_at": _p("p_created_at")} if claiming else {}  # a user message (_NEXT_SEQ)
-    next_seq = (
-        update(conversations)
-        .where(conversations.c.id == _p("p_conversation_id"), conversations.c.user_id == _p("p_user_id"),
-               ~_client_id_used())
-        .values(last_seq=conversations.c.last_seq + 1, **moved)
-        .returning(conversations.c.last_seq)
-        .cte("next_seq"))
+    next_seq = _next_seq(moves_updated_at=claiming, unless_client_id_used=True).cte("next_seq")
     appended = _insert_message(seq=next_seq.c.last_seq).cte("appended")
     if claiming:
         return _claiming(appended)
@@ -205,12 +202,10 @@ class Store:
     def next_seq(self, conversation_id: str, user_id: str, now: datetime | None) -> int | None:
         """Reserve the conversation's next position, and move its updated_at to `now` (None: a
         reply, which leaves it); None when it is not this user's."""
+        params = {"p_conversation_id": conversation_id, "p_user_id": user_id}
         if now is None:
-            result = self.conn.execute(_NEXT_SEQ_OF_REPLY, {"p_conversation": conversation_id, "p_user": user_id})
-        else:
-            result = self.conn.execute(_NEXT_SEQ, {"p_conversation": conversation_id, "p_user": user_id,
-                                                   "p_now": now})
-        return result.scalar()
+            return self.conn.execute(_NEXT_SEQ_OF_REPLY, params).scalar()
+        return self.conn.execute(_NEXT_SEQ, {**params, "p_created_at": now}).scalar()
 
     def owns_conversation(self, conversation_id: str, user_id: str) -> bool:
         result = self.conn.execute(_OWNS, {"p_conversation": conversation_id, "p_user": user_id})
@@ -275,7 +270,7 @@ class Store:
         else:
             if message.client_id is not None and self.by_client_id(user_id, message.client_id) is not None:
                 return None
-            moved_at = message.created_at if message.role == "user" else None  # see _NEXT_SEQ
+            moved_at = message.created_at if message.role == "user" else None  # see _next_seq
             seq = self.next_seq(message.conversation_id, user_id, moved_at)
             if seq is not None:
                 self.conn.execute(_INSERT_MESSAGE, {**_row(message, user_id), "seq": seq})
@@ -285,6 +280,27 @@ class Store:
                 # Even when nothing was stored (the conversation is gone), as the statement does.
                 self.conn.execute(_DELETE_IN_FLIGHT, {"p_message": message.reply_to, "p_reply": message.id})
         return None if seq is None else dataclasses.replace(message, seq=seq)
+
+    def start_conversation(self, message: MessageRecord, user_id: str, claim: Claim) -> MessageRecord | None:
+        """A new conversation (`message.conversation_id`, titled from its content) with `message`
+        as its first (seq 1) and the claim on its reply; None, and nothing written, when the
+        client_id was used before.
+
+        One statement on PostgreSQL (START_CONVERSATION); on SQLite the same steps one by one."""
+        if self.conn.dialect.name == "postgresql":
+            params = {**append_params(message, user_id, claim), "p_title": title_from(message.content)}
+            seq = self.conn.execute(START_CONVERSATION, params).scalar()
+            return None if seq is None else dataclasses.replace(message, seq=seq)
+        if message.client_id is not None and self.by_client_id(user_id, message.client_id) is not None:
+            return None
+        now = message.created_at
+        self.conn.execute(_INSERT_CONVERSATION, {
+            "id": message.conversation_id, "user_id": user_id, "title": title_from(message.content),
+            "created_at": now, "updated_at": now, "last_seq": 1})
+        stored = dataclasses.replace(message, seq=1)
+        self.conn.execute(_INSERT_MESSAGE, _row(stored, user_id))
+        self.conn.execute(_INSERT_IN_FLIGHT, _flight_row(stored, user_id, claim))
+        return stored
 
     # -- replies in flight --------------------------------------------------------------------------
     def claim_reply(self, user_message: MessageRecord, user_id: str, claim: Claim) -> None:

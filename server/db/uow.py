@@ -71,11 +71,10 @@ class Database:
         return None if seq is None else dataclasses.replace(message, seq=seq)
 
     async def start_conversation(self, message: MessageRecord, user_id: str, claim: Claim) -> MessageRecord | None:
-        """On PostgreSQL, a new conversation (`message.conversation_id`, titled from its content)
-        with `message` as its first, in one statement; None when the client_id was used before.
-        Elsewhere None: the caller's unit of work does it."""
+        """`Store.start_conversation`, committed when it returns: one statement on PostgreSQL
+        (through asyncpg, as `append_message`), a unit like any other on SQLite."""
         if self.turn_writes is None:
-            return None
+            return await self.write(lambda store: store.start_conversation(message, user_id, claim))
         params = append_params(message, user_id, claim)
         params["p_title"] = title_from(message.content)
         seq = await self.turn_writes.start(params)
