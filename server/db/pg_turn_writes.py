@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from server import metrics
 from server.config import Settings
 from server.db import store
-from server.db.uow import DatabaseUnavailable
+from server.db.errors import DatabaseUnavailable
 
 
 class _Compiled:

@@ -14,26 +14,23 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
 from server import metrics
+from server.db.errors import DatabaseUnavailable
+from server.db.pg_turn_writes import PgTurnWrites
 from server.db.sqlite_writer import SqliteWriter
 from server.db.store import Store, append_params
 from server.domain import Claim, MessageRecord, title_from
 
-if TYPE_CHECKING:
-    from server.db.pg_turn_writes import PgTurnWrites
+__all__ = ["Database", "DatabaseUnavailable", "Work"]
 
 T = TypeVar("T")
 Work = Callable[[Store], T]
-
-
-class DatabaseUnavailable(Exception):
-    """The database could not do the work (down, pool exhausted, disk full...)."""
 
 
 class Database:

@@ -10,14 +10,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from server.domain import MessageRecord
 from server.protocol import outgoing
 from server.protocol.codes import ErrorCode
-
-if TYPE_CHECKING:
-    from server.replies.follower import Follower
 
 DELETED_DETAIL = "the conversation was deleted; its reply was stopped"
 NOT_STORED_DETAIL = "the reply could not be stored; send the message again with the same client_id to get it"
@@ -45,6 +42,12 @@ class Outcome:
         return self.stored is not None and self.stored.status == "interrupted"
 
 
+class Pumped(Protocol):
+    """What a reply needs of its followers (follower.py): to be told that there is more to send."""
+
+    async def pump(self) -> None: ...
+
+
 @dataclass(eq=False, slots=True)
 class LiveReply:
     """A reply being generated (here, or in another process and mirrored here). Holds its text
@@ -55,7 +58,7 @@ class LiveReply:
     conversation_id: str
     reply_to: str  # the user message it answers
     pieces: list[str] = field(default_factory=list)  # piece n (1-based) has seq n
-    followers: list[Follower] = field(default_factory=list)
+    followers: list[Pumped] = field(default_factory=list)
     outcome: Outcome | None = None
     stop_reason: str | None = None  # cancelled, interrupted or deleted, set once
     on_stop: Callable[[], object] | None = None  # the producer's: stops the model's stream
