@@ -10,6 +10,8 @@ NOTIFY_SENT = Counter("chat_notify_payloads_total", "NOTIFY payloads sent to oth
 NOTIFY_DROPPED = Counter("chat_notify_dropped_total", "NOTIFY payloads not sent (the LISTEN connection was down)")
 NOTIFY_SKIPPED = Counter("chat_notify_records_skipped_total",
                          "Records from other processes of a kind or version this release does not know")
+NOTIFY_CONNECTED = Gauge("chat_notify_connected",
+                         "1 while this process's LISTEN connection is up (PostgreSQL with CHAT_PG_NOTIFY)")
 NOTIFY_RECONNECTS = Counter("chat_notify_reconnects_total", "Times the LISTEN connection was lost and opened again")
 TURNS = Counter("chat_turns_total", "Turns by final status of the reply", ["status"])
 MESSAGES_REFUSED = Counter("chat_messages_refused_total", "Client frames answered with an error", ["code"])

@@ -167,6 +167,9 @@ class LocalReplyBus:
     async def close(self) -> None:
         return None
 
+    def health(self) -> dict[str, str]:
+        return {}
+
     # -- other tabs ----------------------------------------------------------------------------------
     def watchers(self, user_id: str) -> list[Watcher]:
         """The user's sync sockets in this process (a copy)."""

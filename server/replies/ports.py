@@ -104,3 +104,7 @@ class ReplyBus(ReplyPublishing, ReplyFollowing, ReplyStopping, InFlightListing, 
     async def close(self) -> None:
         """Release what the bus holds besides replies (a LISTEN connection)."""
         ...
+
+    def health(self) -> dict[str, str]:
+        """What /readyz reports of the bus: {} when it needs nothing outside this process."""
+        ...

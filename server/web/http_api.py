@@ -116,7 +116,8 @@ async def readyz(svc: Svc) -> JSONResponse:
         checks["database"] = "unavailable"  # the detail (driver error, SQL, address) stays in the log
     if not await svc.backend.ready():
         checks["backend"] = "unreachable"  # the server stays up: turns end in `error` until it is back
-    ok = checks["database"] == "ok" and checks["backend"] == "ok"
+    checks.update(svc.bus.health())  # notify: down while replies cannot cross to other processes
+    ok = all(value == "ok" for value in checks.values())
     return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
 
 

@@ -255,6 +255,10 @@ class PgReplyBus:
         await self.local.shut_down(timeout_s)
         await self.close()  # sends what waits: remote followers hear `interrupted`
 
+    def health(self) -> dict[str, str]:
+        """The LISTEN connection: without it, nothing crosses to or from another process."""
+        return {"notify": "ok" if self.channel is not None and self.channel.connected else "down"}
+
     async def close(self) -> None:
         if self._checker is not None:
             self._checker.cancel()

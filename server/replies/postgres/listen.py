@@ -40,11 +40,12 @@ def process_channel(owner: str) -> str:
 
 class ListenConnection:
     def __init__(self, database_url: str, owner: str, tick_s: float, on_records: Callable[[list[records.Record]], None],
-                 on_gap: Callable[[], None], probe_s: float = 2.0):
+                 on_gap: Callable[[], None], probe_s: float = 2.0, connect_timeout_s: float = 10.0):
         self.dsn = asyncpg_dsn(database_url)
         self.owner = owner
         self.tick_s = tick_s
         self.probe_s = probe_s
+        self.connect_timeout_s = connect_timeout_s
         self.on_records = on_records
         self.on_gap = on_gap
         self.channels = (BROADCAST, process_channel(owner))
@@ -100,7 +101,10 @@ class ListenConnection:
             if wait > 0:
                 await asyncio.sleep(wait)
             last = loop.time()
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # never the end of sending: the next tick tries again
+                log.exception("sending notifications failed")
 
     async def flush(self) -> None:
         self._wake.clear()
@@ -123,14 +127,36 @@ class ListenConnection:
             metrics.NOTIFY_DROPPED.inc(len(payloads))
             return  # the receivers' gap handling asks again
         try:
-            async with self._lock:
-                await conn.execute("SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)",
-                                   channels, payloads, timeout=5)
-            metrics.NOTIFY_SENT.inc(len(payloads))
-        except (TimeoutError, asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
-            log.warning("sending %d notification(s) failed; reconnecting", len(payloads), exc_info=True)
-            metrics.NOTIFY_DROPPED.inc(len(payloads))
-            self._lost.set()
+            await self._notify(conn, channels, payloads)
+        except asyncpg.PostgresError:
+            # PostgreSQL refused something in the batch, not the connection: send the records one
+            # by one, so that one bad record costs only itself, not every user's tick.
+            await self._one_by_one(conn, out)
+        except Exception:
+            self._failed(len(payloads))
+
+    async def _one_by_one(self, conn: asyncpg.Connection, out: dict[str, list[bytes]]) -> None:
+        for channel, encoded in out.items():
+            for record in encoded:
+                try:
+                    await self._notify(conn, [channel], records.pack([record]))
+                except asyncpg.PostgresError:
+                    log.error("PostgreSQL refused a notification record of %d bytes", len(record), exc_info=True)
+                    metrics.NOTIFY_DROPPED.inc()
+                except Exception:
+                    self._failed(1)
+                    return
+
+    async def _notify(self, conn: asyncpg.Connection, channels: list[str], payloads: list[str]) -> None:
+        async with self._lock:
+            await conn.execute("SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)",
+                               channels, payloads, timeout=5)
+        metrics.NOTIFY_SENT.inc(len(payloads))
+
+    def _failed(self, payloads: int) -> None:
+        log.warning("sending %d notification(s) failed; reconnecting", payloads, exc_info=True)
+        metrics.NOTIFY_DROPPED.inc(payloads)
+        self._lost.set()
 
     # -- receiving ---------------------------------------------------------------------------------
     def _notified(self, _conn: Any, pid: int, _channel: str, payload: str) -> None:
@@ -153,49 +179,69 @@ class ListenConnection:
         # synchronous_commit off: a notification needs no durability (what must survive is in
         # the tables), so its commit does not wait for a WAL flush, and the queue's lock is held
         # that much shorter.
-        conn = await asyncpg.connect(self.dsn, timeout=10,
+        conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout_s,
                                      server_settings={"application_name": session_name(self.owner),
                                                       "synchronous_commit": "off"})
-        for channel in self.channels:
-            await conn.add_listener(channel, self._notified)
-        conn.add_termination_listener(lambda _c: self._lost.set())
+        try:
+            for channel in self.channels:
+                await conn.add_listener(channel, self._notified)
+            conn.add_termination_listener(lambda _c: self._lost.set())
+        except BaseException:
+            conn.terminate()  # half set up: never kept, never leaked
+            raise
         self._pid = conn.get_server_pid()
         self._conn = conn
         self._lost.clear()
+        metrics.NOTIFY_CONNECTED.set(1)
 
     async def _keep_alive(self) -> None:
-        """Probe the connection; when it is gone, connect again (backing off), then report the gap."""
-        while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._lost.wait(), self.probe_s)
-            conn = self._conn
-            if not self._lost.is_set() and conn is not None:
-                try:
-                    async with self._lock:
-                        await conn.fetchval("SELECT 1", timeout=self.probe_s)
+        """Probe the connection; when it is gone, connect again (backing off), then report the gap.
+        Whatever fails, it goes on until the process closes: a loop that ended would leave every
+        cross-process send counted as dropped for the life of the process."""
+        while not self._closing:
+            try:
+                if await self._alive():
                     continue
-                except (TimeoutError, asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
-                    pass
-            if self._closing:
-                return
-            log.warning("the LISTEN connection was lost; reconnecting")
-            metrics.NOTIFY_RECONNECTS.inc()
-            self._conn = None
-            if conn is not None:
-                conn.terminate()
-            delay = 0.1
-            while not self._closing:
-                try:
-                    await self._connect()
-                    break
-                except (TimeoutError, OSError, asyncpg.PostgresError) as e:
-                    log.warning("LISTEN connection failed (%s); again in %.1fs", type(e).__name__, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-            if self._closing:
-                return
-            log.info("LISTEN connection back")
-            self.on_gap()
+                await self._reconnect()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the LISTEN connection's keeper failed; trying again")
+                await asyncio.sleep(self.probe_s)
+
+    async def _alive(self) -> bool:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._lost.wait(), self.probe_s)
+        conn = self._conn
+        if self._lost.is_set() or conn is None or self._closing:
+            return self._closing
+        try:
+            async with self._lock:
+                await conn.fetchval("SELECT 1", timeout=self.probe_s)
+            return True
+        except Exception:
+            return False
+
+    async def _reconnect(self) -> None:
+        log.warning("the LISTEN connection was lost; reconnecting")
+        metrics.NOTIFY_RECONNECTS.inc()
+        metrics.NOTIFY_CONNECTED.set(0)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+        delay = 0.1
+        while not self._closing:
+            try:
+                await self._connect()
+                break
+            except Exception as e:
+                log.warning("LISTEN connection failed (%s); again in %.1fs", type(e).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        if self._closing:
+            return
+        log.info("LISTEN connection back")
+        self.on_gap()
 
     async def close(self) -> None:
         """Send what waits, then close."""
