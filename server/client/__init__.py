@@ -1,0 +1,36 @@
+"""An asyncio client of the chat.v1 protocol that never loses what it sent.
+
+    from server.client import ChatClient
+
+    async with ChatClient("ws://127.0.0.1:8000/ws") as chat:     # no token: open mode mints one
+        reply = await chat.send("hello")                          # waits for `done`: a Reply
+        async for piece in chat.stream("tell me more"):           # the reply's text, piece by piece
+            print(piece, end="")
+        messages = await chat.history(reply.conversation_id)      # oldest first
+
+Every message gets a `client_id` (the server's idempotency key). When the socket drops, the client
+reconnects with backoff and the same token, sends again what was not acknowledged, and follows
+again what was streaming: with `resume` from the last `seq` it has when the server lists the reply
+in `ready.replies_in_flight`, else by sending the acknowledged `client_id` again (the server answers
+`ack` duplicate, then the stored reply or a freshly generated one). Pieces already given to a
+`stream()` are never given twice: deltas of one reply are deduplicated by `seq` (counted by the
+client when a server sends none), and of a regenerated reply only the text beyond what was given
+is passed on. `Reply.content` is always the stored reply.
+
+Errors are `ChatError`s carrying the contract's code (`invalid`, `too_large`, `not_found`, `busy`,
+`rate_limited`, `unavailable`, `internal`) or one of the client's own: `refused` (`Refused`: HTTP
+403/429 or close 1008/1013), `connection` (`ConnectionFailed`: no server after the retries),
+`timeout` (`ChatTimeout`, also a `TimeoutError`), `closed`. Every wait has a timeout.
+
+The names below are the public API; the modules of this package are its inner parts.
+"""
+
+from .chat_client import ChatClient
+from .errors import ChatError, ChatTimeout, ConnectionFailed, Refused
+from .results import Event, HistoryPage, Message, Reply, ReplyInFlight
+from .stream import ReplyStream
+
+__all__ = [
+    "ChatClient", "ChatError", "ChatTimeout", "ConnectionFailed", "Event", "HistoryPage", "Message",
+    "Refused", "Reply", "ReplyInFlight", "ReplyStream",
+]
