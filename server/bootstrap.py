@@ -24,6 +24,7 @@ from server.db.pg_turn_writes import PgTurnWrites
 from server.db.sqlite_writer import SqliteWriter
 from server.db.uow import Database
 from server.domain import Orphan
+from server.recovery.own_claims import OwnClaims
 from server.recovery.sweep import Heartbeat, LeaseTimes, sweep_at_start, sweep_orphans
 from server.replies.local import LocalReplyBus
 from server.replies.ports import ReplyBus
@@ -50,17 +51,23 @@ async def start_services(settings: Settings) -> Services:
     owner = uuid.uuid4().hex
     bus: ReplyBus
     heartbeat = None
+    on_swept: Callable[[list[Orphan]], Awaitable[None]] = _nothing
     if settings.is_sqlite:
         # One process: what any other incarnation left in flight is stored as interrupted
         # before the first socket.
         await sweep_orphans(db, owner)
         bus = LocalReplyBus(settings.detached_reply_s, settings.max_detached_replies)
     else:
-        bus, heartbeat = await _start_many_processes(settings, db, owner)
-    return Services(settings, db, bus, Hub(bus), make_backend(settings), auth, limits, owner, heartbeat)
+        bus, heartbeat, on_swept = await _start_many_processes(settings, db, owner)
+    own_claims = OwnClaims(db, owner, bus.running, on_swept)
+    own_claims.start()
+    return Services(settings, db, bus, Hub(bus), make_backend(settings), auth, limits, owner, heartbeat,
+                    own_claims)
 
 
-async def _start_many_processes(settings: Settings, db: Database, owner: str) -> tuple[ReplyBus, Heartbeat]:
+async def _start_many_processes(
+        settings: Settings, db: Database, owner: str,
+) -> tuple[ReplyBus, Heartbeat, Callable[[list[Orphan]], Awaitable[None]]]:
     """PostgreSQL: this process's lease, the sweep of dead processes' replies, and (pg_notify)
     the reply seam across processes. The LISTEN connection opens before the lease is written,
     so that other processes see this one's session as soon as they see its lease."""
@@ -78,7 +85,7 @@ async def _start_many_processes(settings: Settings, db: Database, owner: str) ->
         await on_swept(swept)
     heartbeat = Heartbeat(db, owner, times, on_swept)
     heartbeat.start()
-    return bus, heartbeat
+    return bus, heartbeat, on_swept
 
 
 async def _nothing(_swept: list[Orphan]) -> None:

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
 
     llm: Literal["echo", "openai"] = "echo"
     llm_timeout_s: float = Field(default=120.0, gt=0)
+    # A resent message whose reply another process is settling (a race of two resends, a takeover
+    # after a crash) waits at most this long, then gets `unavailable` with its client_id.
+    duplicate_wait_s: float = Field(default=30.0, gt=0)
     echo_delay_ms: int = Field(default=30, ge=0)
     openai_base_url: str | None = Field(default=None, validation_alias=AliasChoices("OPENAI_BASE_URL"))
     openai_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("OPENAI_API_KEY"))

@@ -124,18 +124,24 @@ async def store_reply(db: Database, user_id: str, reply_to: MessageRecord, reply
 
 
 async def claim_again(db: Database, user_id: str, message: MessageRecord, claim: Claim,
-                      lease_grace_s: float | None = None) -> bool:
-    """A new reply to a message already stored (its earlier one was interrupted, or never came).
+                      lease_grace_s: float | None = None) -> str:
+    """A new reply to a message already stored (its earlier one was interrupted, or never came):
+    "claimed", "taken" or "gone", as `leases.take_over` says.
 
     With leases (PostgreSQL, lease_grace_s set) the record is taken over only from this process
-    or a dead one: False when a live process generates a reply to it already (follow that one).
-    Without (SQLite: one process), this process is the only one alive."""
+    or a dead one. Without (SQLite: one process, one writer), this process is the only one alive,
+    and the unit sees whether the message is still there."""
     if lease_grace_s is None:
-        await db.write(lambda store: store.claim_reply(message, user_id, claim))
-        return True
+        def work(store: Store) -> str:
+            if store.message_of(user_id, message.id) is None:
+                return "gone"
+            store.claim_reply(message, user_id, claim)
+            return "claimed"
+
+        return await db.write(work)
     try:
         return await db.write(lambda store: leases.take_over(
             store, claim.owner, lease_grace_s, message_id=message.id, reply_id=claim.reply_id,
             conversation_id=message.conversation_id, user_id=user_id))
     except IntegrityError:  # another process took it at the same moment
-        return False
+        return "taken"

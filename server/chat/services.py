@@ -16,6 +16,7 @@ from server.chat.limits import UserLimits
 from server.chat.producer import ReplyDeps
 from server.config import Settings
 from server.db.uow import Database
+from server.recovery.own_claims import OwnClaims
 from server.recovery.sweep import Heartbeat
 from server.replies.ports import ReplyBus
 
@@ -31,6 +32,7 @@ class Services:
     limits: UserLimits
     owner: str  # this process incarnation: recorded with every reply it generates
     heartbeat: Heartbeat | None = None  # PostgreSQL: this process's lease
+    own_claims: OwnClaims | None = None  # stores the claims this process holds but no longer runs
 
     @cached_property
     def reply_deps(self) -> ReplyDeps:
@@ -38,6 +40,8 @@ class Services:
         return ReplyDeps(self.db, self.bus, self.backend, self.settings)
 
     async def close(self) -> None:
+        if self.own_claims is not None:
+            await self.own_claims.close()
         await self.bus.close()
         if self.heartbeat is not None:
             await self.heartbeat.close()  # the lease goes at once: nothing of ours is left to sweep

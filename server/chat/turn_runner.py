@@ -20,9 +20,11 @@ from server.protocol.codes import ErrorCode
 from server.protocol.frames import MessageFrame
 from server.replies.follower import Follower
 from server.replies.ports import ReplyFollowing, Watcher
-from server.replies.reply import LiveReply, Outcome
+from server.replies.reply import DELETED_DETAIL, LiveReply, Outcome
 
 log = logging.getLogger(__name__)
+
+DUPLICATE_WAIT_DETAIL = "the reply to this message is not ready yet; send it again with the same client_id"
 
 class TurnInProgress:
     """The turn in progress on a socket, so that a plain `cancel` can stop its reply, also before
@@ -80,12 +82,21 @@ class TurnRunner:
     async def _answer_duplicate(self, message: MessageRecord, to: Watcher, turn: TurnInProgress,
                                 received_at: float) -> None:
         """Follow the reply in flight (any socket's, any process's), else send the stored one, else
-        generate anew."""
+        generate anew. Waiting for another process to settle is bounded by duplicate_wait_s."""
         bus, settings = self.bus, self.deps.settings
         grace = None if settings.is_sqlite else settings.lease_grace_s
-        for attempt in range(1000):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.duplicate_wait_s
+        attempt = 0
+        while True:
             if attempt >= 2:
+                if loop.time() >= deadline:
+                    log.warning("gave up waiting for the reply to %s after %.0fs", message.id,
+                                settings.duplicate_wait_s)
+                    await self._refuse(to, ErrorCode.UNAVAILABLE, DUPLICATE_WAIT_DETAIL, message.client_id)
+                    return
                 await asyncio.sleep(min(0.05 * attempt, 0.5))  # a race with another process: let it settle
+            attempt += 1
             try:
                 reply = await bus.locate(self.user_id, reply_to=message.id)
             except DatabaseUnavailable:
@@ -96,6 +107,7 @@ class TurnRunner:
                 outcome = await self._follow_to_end(follower, to)
                 if outcome is None or not outcome.interrupted:
                     return
+                deadline = loop.time() + settings.duplicate_wait_s
                 continue  # that reply was interrupted: this resend gets a fresh one
             if await self._send_stored_reply(message, to):
                 return
@@ -105,12 +117,16 @@ class TurnRunner:
                 continue
             try:
                 claimed = await claim_again(self.deps.db, self.user_id, message, claim, grace)
-            except DatabaseUnavailable:  # only the crash sweep needs the record; the turn goes on
+            except DatabaseUnavailable:  # the own-claims sweep stores it should its store fail too
                 log.warning("reply %s to %s not recorded as in flight", reply.id, message.id, exc_info=True)
-                claimed = True
-            if not claimed:  # another process generates one: this claim only leaves the bus (no one follows it)
-                await self.deps.bus.finish(reply, Outcome(None, ErrorCode.INTERNAL))
-                continue
+                claimed = "claimed"
+            if claimed != "claimed":  # this claim only leaves the bus (no one follows it)
+                await self.deps.bus.finish(reply, Outcome(None, ErrorCode.NOT_FOUND if claimed == "gone"
+                                                          else ErrorCode.INTERNAL))
+                if claimed == "gone":  # its conversation was deleted meanwhile
+                    await self._refuse(to, ErrorCode.NOT_FOUND, DELETED_DETAIL, message.client_id)
+                    return
+                continue  # another process generates one: follow it
             await self._generate(reply, message, to, turn, received_at)
             return
 

@@ -321,6 +321,13 @@ class Store:
                                  .where(f.owner != live_owner))
         return [Orphan(*row) for row in rows]
 
+    def own_claims(self, owner: str, started_before: datetime) -> list[Orphan]:
+        """`owner`'s replies in flight that started before `started_before`."""
+        f = replies_in_flight.c
+        rows = self.conn.execute(select(f.user_message_id, f.reply_id, f.conversation_id, f.user_id, f.content)
+                                 .where(f.owner == owner, f.started_at < started_before))
+        return [Orphan(*row) for row in rows]
+
     def store_orphan(self, orphan: Orphan) -> MessageRecord | None:
         """Store what is known of a dead process's reply as `interrupted`, and release its claim."""
         return self.append_message(unsaved(

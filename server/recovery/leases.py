@@ -64,12 +64,23 @@ _TAKE_OVER = text(f"""
     DELETE FROM replies_in_flight
     WHERE user_message_id = :message AND (owner = :me OR owner NOT IN ({_LIVE}))
 """)
+# A new reply to a stored message takes the conversation's row lock (KEY SHARE) first, until its
+# claim commits: a DELETE of the conversation either committed before (then there is nothing to
+# claim) or waits for the claim and removes it with the rest. Without the lock, a DELETE landing a
+# moment before would leave a claim of a live owner that no sweep takes: a phantom reply. First,
+# so that the two never wait for each other's rows the other way round.
+_LOCK_CONVERSATION = text("""
+    SELECT 1 FROM conversations WHERE id = :conversation AND user_id = :user FOR KEY SHARE
+""")
 _CLAIM = text("""
     INSERT INTO replies_in_flight (user_message_id, reply_id, conversation_id, user_id, owner, started_at, content)
-    VALUES (:message, :reply, :conversation, :user, :me, now(), '')
+    SELECT m.id, CAST(:reply AS varchar), m.conversation_id, m.user_id, CAST(:me AS varchar), now(), ''
+    FROM messages m
+    WHERE m.id = :message AND m.conversation_id = :conversation
     ON CONFLICT (user_message_id) DO NOTHING
     RETURNING reply_id
 """)
+_MESSAGE_EXISTS = text("SELECT 1 FROM messages WHERE id = :message")
 _IN_FLIGHT = text("""
     SELECT f.reply_id, f.user_message_id, f.conversation_id, f.owner FROM replies_in_flight f
     WHERE f.user_id = :user ORDER BY f.started_at
@@ -105,13 +116,18 @@ def is_live(store: Store, owner: str, grace_s: float) -> bool:
 
 
 def take_over(store: Store, me: str, grace_s: float, *, message_id: str, reply_id: str, conversation_id: str,
-              user_id: str) -> bool:
-    """Record that `me` generates a new reply to a stored message; False when a live process
-    already generates one (then follow that one)."""
+              user_id: str) -> str:
+    """Record that `me` generates a new reply to a stored message: "claimed"; "taken" when a
+    live process already generates one (then follow that one); "gone" when the message or its
+    conversation was deleted."""
+    if store.conn.execute(_LOCK_CONVERSATION, {"conversation": conversation_id, "user": user_id}).first() is None:
+        return "gone"
     store.conn.execute(_TAKE_OVER, {"message": message_id, "me": me, "grace": grace_s})
     claimed = store.conn.execute(_CLAIM, {"message": message_id, "reply": reply_id, "conversation": conversation_id,
                                           "user": user_id, "me": me}).scalar()
-    return claimed == reply_id
+    if claimed == reply_id:
+        return "claimed"
+    return "taken" if store.conn.execute(_MESSAGE_EXISTS, {"message": message_id}).first() else "gone"
 
 
 def in_flight(store: Store, user_id: str) -> list[tuple[str, str, str, str]]:

@@ -85,6 +85,9 @@ class LocalReplyBus:
         """This process's reply in flight with that id, whoever's it is."""
         return self._replies.get(reply_id)
 
+    def running(self, reply_id: str) -> bool:
+        return reply_id in self._replies
+
     def in_flight(self, user_id: str) -> list[LiveReply]:
         return list(self._by_user.get(user_id, ()))
 

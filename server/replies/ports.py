@@ -97,6 +97,14 @@ class InFlightListing(Protocol):
         """`ready.replies_in_flight`: the user's replies in flight in every process."""
         ...
 
+    def in_flight(self, user_id: str) -> list[LiveReply]:
+        """The user's replies generated in this process now."""
+        ...
+
+    def running(self, reply_id: str) -> bool:
+        """Whether this process generates that reply now."""
+        ...
+
 
 class ReplyBus(ReplyPublishing, ReplyFollowing, ReplyStopping, InFlightListing, Protocol):
     """All the roles: what the wiring builds and hands out."""

@@ -104,11 +104,11 @@ async def test_a_new_reply_takes_over_only_from_this_process_or_a_dead_one(pg_ur
                                               conversation_id=s.message_of("u1", message_id).conversation_id,
                                               user_id="u1")
 
-        assert not await db.write(take("me", "r-new")), "a live process generates it"
+        assert await db.write(take("me", "r-new")) == "taken", "a live process generates it"
         await db.write(lambda s: leases.release(s, "other"))
-        assert await db.write(take("me", "r-new")), "its owner is gone"
-        assert await db.write(take("me", "r-newer")), "ours, no longer in flight here"
-        assert not await db.write(take("third", "r-3")), "ours is live"
+        assert await db.write(take("me", "r-new")) == "claimed", "its owner is gone"
+        assert await db.write(take("me", "r-newer")) == "claimed", "ours, no longer in flight here"
+        assert await db.write(take("third", "r-3")) == "taken", "ours is live"
         assert (await db.read(lambda s: leases.record(s, "u1", None, message_id)))[0] == "r-newer"
     finally:
         await db.dispose()

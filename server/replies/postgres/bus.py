@@ -52,6 +52,7 @@ class Mirror:
     assembler: rec.Assembler
     heard: float = field(default_factory=time.monotonic)
     checking: bool = False
+    said_gone: bool = False  # its owner said it does not generate it: ask again only after a quiet spell
 
 
 class PgReplyBus:
@@ -101,6 +102,9 @@ class PgReplyBus:
 
     def in_flight(self, user_id: str) -> list[LiveReply]:
         return self.local.in_flight(user_id)
+
+    def running(self, reply_id: str) -> bool:
+        return self.local.running(reply_id)
 
     def watch(self, user_id: str, watcher: Watcher) -> None:
         self.local.watch(user_id, watcher)
@@ -290,6 +294,7 @@ class PgReplyBus:
     def _on_gone(self, record: rec.Gone) -> None:
         mirror = self._mirrors.get(record.reply_id)
         if mirror is not None:
+            mirror.said_gone = True
             self._spawn(self._check(mirror))
 
     def _on_stop(self, record: rec.Stop) -> None:
@@ -358,6 +363,12 @@ class PgReplyBus:
                 await self._end_mirror(mirror, Outcome(None, ErrorCode.NOT_FOUND))
             elif reply.followers:
                 mirror.heard = time.monotonic()
+                if mirror.said_gone:
+                    # Recorded as its owner's, yet its owner does not generate it: the owner
+                    # stores such a claim itself (own_claims.py). Asking again at once would only
+                    # make the two processes ask each other without end; the quiet check asks later.
+                    mirror.said_gone = False
+                    return
                 self._ask_again(mirror)
         except DatabaseUnavailable:
             log.warning("could not check reply %s followed from another process", reply.id)
