@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Coroutine
 from typing import Any
 
 from server import metrics
-from server.auth import Identity
+from server.auth import LEEWAY_S, Identity
 from server.chat.limits import TokenBucket
 from server.chat.services import Services
 from server.chat.turn_runner import TurnInProgress, TurnRunner
@@ -55,6 +57,7 @@ class ChatSession:
         hub.add(self)
         if self.sync:
             bus.watch(self.user_id, self)
+        expiry = self._close_at_expiry()
         try:
             start = await self._resolve_start(requested_conversation)
             in_flight = await bus.listing(self.user_id)
@@ -69,8 +72,24 @@ class ChatSession:
             log.exception("socket handler failed (user %r)", self.user_id)
             await self.channel.close(CloseCode.INTERNAL)
         finally:
+            if expiry is not None:
+                expiry.cancel()
             self._leave()
             hub.remove(self)
+
+    def _close_at_expiry(self) -> asyncio.TimerHandle | None:
+        """A socket whose token expires is closed then (1008), not at the next frame it sends: a
+        ?sync=1 tab that only listens would otherwise hear its user's conversations for ever."""
+        expires_at = self.identity.expires_at
+        if expires_at is None:
+            return None
+        delay = max(0.0, expires_at + LEEWAY_S - time.time())
+        return asyncio.get_running_loop().call_later(delay, lambda: self.event_task(self._expire()))
+
+    async def _expire(self) -> None:
+        log.info("closing a socket whose token expired (user %r)", self.user_id)
+        self._leave()
+        await self.channel.close(CloseCode.POLICY, "token expired")
 
     async def shut_down(self) -> None:
         """Server shutdown (replies already stopped and stored): close with 1001."""
@@ -120,11 +139,14 @@ class ChatSession:
         self.followers[follower.reply.id] = follower
 
     def event(self, frame: dict[str, Any]) -> None:
-        if self.closing:
-            return
+        if not self.closing:
+            self.event_task(self._send_event(frame))
+
+    def event_task(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` beside the reader, kept until it ends."""
         if self._events is None:
             self._events = set()
-        task = asyncio.ensure_future(self._send_event(frame))
+        task = asyncio.ensure_future(work)
         self._events.add(task)
         task.add_done_callback(self._events.discard)
 

@@ -244,19 +244,25 @@ async def test_same_sub_on_two_sockets_is_the_same_user(token_server):
 
 
 @aio
-async def test_token_expiring_during_the_socket_closes_1008_at_the_next_frame(sqlite_token_server):
+async def test_token_expiring_during_the_socket_closes_it_1008_at_expiry(sqlite_token_server):
+    """Also a ?sync=1 tab that only listens: it must not hear its user's conversations after its
+    token expired (expiry used to be checked only when a frame arrived)."""
     user = "expiring-" + uuid.uuid4().hex[:8]
     exp = int(time.time()) - 26  # still inside the 30 s leeway for a few seconds
     c = await open_via(sqlite_token_server, mint(user, exp=exp), "query")
-    assert c.user_id == user
+    listener = await Client.open(sqlite_token_server, token=mint(user, exp=exp), sync=True)
+    assert c.user_id == user == listener.user_id
     live = await c.history(str(uuid.uuid4()))  # answered while the token is valid
     assert live["type"] == "error" and live["code"] == "not_found", live
     await asyncio.sleep(max(0.0, exp + 30 + 1.0 - time.time()))
-    await c.message("sent after expiry", client_id=cid())
-    assert await c.closed_code() == 1008
-    assert conversations(sqlite_token_server, mint(user)) == []  # the frame after expiry was not stored
+    # The other tab, with a fresh token, writes after the expiry: the listener must be gone by then.
+    other = await Client.open(sqlite_token_server, token=mint(user))
+    await other.message("sent after the listener's expiry", client_id=cid())
+    assert await listener.closed_code(timeout=5) == 1008
+    assert await c.closed_code(timeout=5) == 1008
     assert http_status(sqlite_token_server, mint(user, exp=exp)) == 401
     assert await refusal(sqlite_token_server, mint(user, exp=exp)) in AUTH_REFUSALS
+    await other.close()
 
 
 # -- chat-server token -------------------------------------------------------------------------------------
