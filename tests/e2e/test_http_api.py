@@ -332,6 +332,8 @@ async def test_metrics_are_prometheus_text_and_count_commits(server):
         assert re.search(rf"^# TYPE {name.removesuffix('_total')}(_total)? \w+$", r.text, re.MULTILINE), name
     assert "chat_db_commit_seconds_bucket{" in r.text and "chat_time_to_first_delta_seconds_count" in r.text
 
+    with pytest.raises(AssertionError, match="no chat_turns_totally_renamed"):
+        server.metric("chat_turns_totally_renamed")  # a renamed metric fails an `== 0`, never passes it
     commits = server.metric("chat_db_commits_total")
     complete = server.metric("chat_turns_total", 'status="complete"')
     first_deltas = server.metric("chat_time_to_first_delta_seconds_count")

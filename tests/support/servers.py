@@ -160,10 +160,16 @@ class ServerProcess:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def metric(self, name: str, labels: str = "") -> float:
-        """One sample of /metrics, e.g. metric("chat_turns_total", 'status="complete"')."""
+        """One sample of /metrics, e.g. metric("chat_turns_total", 'status="complete"'): 0 for a
+        label set not counted yet; an AssertionError for a metric the server does not have, so
+        that an assertion like `== 0` cannot outlive a rename."""
         text = httpx.get(self.base_url + "/metrics", timeout=5).text
         wanted = f"{name}{{{labels}}}" if labels else name
+        families = set()
         for line in text.splitlines():
             if line.startswith(wanted + " "):
                 return float(line.rsplit(" ", 1)[1])
+            if line.startswith("# HELP "):
+                families.add(line.split(" ", 3)[2])
+        assert any(name == f or name.startswith(f + "_") for f in families), f"/metrics has no {name}"
         return 0.0
