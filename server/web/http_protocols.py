@@ -23,7 +23,8 @@ import logging
 from typing import Any
 
 import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from server.web.uvicorn_internals import H11Protocol, HttpToolsProtocol
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +114,7 @@ class H11WithDeadline(RequestDeadline, H11Protocol):
 
 
 def _httptools_protocol() -> type[asyncio.Protocol] | None:
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError:
+    if HttpToolsProtocol is None:
         return None
 
     class HttpToolsWithDeadline(RequestDeadline, HttpToolsProtocol):

@@ -41,12 +41,12 @@ import logging
 import struct
 from typing import Any
 
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame
 from websockets.http11 import Request
 from websockets.protocol import State
 
 from server.chat.limits import TokenBucket
+from server.web.uvicorn_internals import WebSocketsSansIOProtocol
 
 log = logging.getLogger(__name__)
 

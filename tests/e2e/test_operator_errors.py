@@ -245,3 +245,15 @@ def test_token_in_open_mode_says_which_secret_it_used(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "open-mode secret kept in the database (sqlite+aiosqlite:///./data/chat.db)" in r.stderr
     assert r.stdout.count(".") == 2
+
+
+# -- an unsupported uvicorn --------------------------------------------------------------------------
+def test_an_unsupported_uvicorn_stops_the_start_with_one_line_naming_the_versions_that_work(tmp_path):
+    """As if pip had installed a uvicorn past the pin: the start says so, instead of failing
+    later, per socket, in private methods that changed."""
+    launcher = ("import sys, uvicorn; uvicorn.__version__ = '0.61.0'; "
+                "from server.cli import main; sys.argv = ['chat-server', 'serve', '--port', '8799']; main()")
+    r = subprocess.run([str(VENV_BIN / "python"), "-c", launcher], cwd=tmp_path, env=clean_env(),
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    one_line_error(r, "uvicorn 0.61.0 is not supported", ">=0.54,<0.60", "pip install")
+    assert not (tmp_path / "data").exists(), "nothing was created before the check"
