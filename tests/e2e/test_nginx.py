@@ -118,8 +118,9 @@ http {{
     args = [NGINX, "-p", str(prefix), "-e", str(prefix / "logs" / "error.log"), "-c", str(prefix / "nginx.conf")]
     check = subprocess.run([*args, "-t"], capture_output=True, text=True, timeout=20)
     assert check.returncode == 0, f"nginx -t refused the shipped site:\n{check.stderr}"
-    proc = subprocess.Popen([*args, "-g", "daemon off;"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=open(prefix / "logs" / "stderr.log", "wb"))  # noqa: SIM115
+    with open(prefix / "logs" / "stderr.log", "wb") as stderr:  # the child keeps its own copy
+        proc = subprocess.Popen([*args, "-g", "daemon off;"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=stderr)
     nginx = Nginx(port, prefix, proc)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
