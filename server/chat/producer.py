@@ -22,6 +22,7 @@ from server.config import Settings
 from server.db.uow import Database, DatabaseUnavailable
 from server.domain import MessageRecord, ReplyMeta
 from server.protocol.codes import ErrorCode
+from server.protocol.frames import storable_text
 from server.replies.ports import ReplyPublishing
 from server.replies.reply import LiveReply, Outcome
 
@@ -76,6 +77,9 @@ async def _generate_and_store(deps: ReplyDeps, reply: LiveReply, message: Messag
         checkpoint = Checkpointer(deps, reply)
 
         async def publish(piece: str) -> None:
+            piece = storable_text(piece)
+            if not piece:
+                return
             if not reply.pieces:
                 draft.first_piece()
             await deps.bus.publish(reply, piece)

@@ -27,6 +27,12 @@ def storable(text: str) -> bool:
     return _BAD_CHARS.search(text) is None
 
 
+def storable_text(text: str) -> str:
+    """`text` with what neither database takes (NUL, lone surrogates) removed: a model server's
+    piece can hold either, and one such piece would fail the whole reply's store."""
+    return text if text.isascii() and "\x00" not in text else _BAD_CHARS.sub("", text)
+
+
 MAX_ID_CHARS = 36  # conversation and message ids are UUIDs, in String(36) columns
 
 

@@ -141,6 +141,25 @@ async def test_normal_reply_streams_chunks_and_stores_usage_model_and_first_toke
         await c.close()
 
 
+@aio
+async def test_nul_and_lone_surrogates_from_the_model_are_dropped_and_the_reply_is_stored(llm_server_each_db, fake):
+    """Valid JSON can carry both, and neither database stores them: one such piece used to fail
+    the whole reply's store (and leave its claim behind)."""
+    server = llm_server_each_db
+    fake.reset({"chunks": ["ok ", "nul\u0000here ", "half \ud83d pair ", "\u0000", "whole \U0001f600 end"]})
+    c = await Client.open(server)
+    try:
+        t = await c.complete("say something odd")
+        expected = "ok nulhere half  pair whole \U0001f600 end"
+        assert t.done["status"] == "complete" and t.done["content"] == expected == t.text, t.done
+        assert len(t.deltas) == 4, "a piece with nothing left is not sent"
+        messages = await stored(server, c, t.ack["conversation_id"], 2)
+        assert messages[1]["content"] == expected and messages[1]["status"] == "complete"
+        await assert_next_turn_completes(c, fake)
+    finally:
+        await c.close()
+
+
 # -- the context the model receives -------------------------------------------------------------------
 @aio
 async def test_context_is_system_prompt_then_earlier_turns_in_order_then_new_message(llm_server, fake):

@@ -291,3 +291,13 @@ def test_error_repeating_a_lone_surrogate_client_id_is_still_json_that_round_tri
     payload = encode(error(ErrorCode.INVALID, "bad", client_id))
     payload.decode("utf-8")  # valid UTF-8, sendable as a text frame: the surrogate is escaped, not raw
     assert json.loads(payload)["client_id"] == client_id
+
+
+def test_storable_text_drops_what_neither_database_takes_and_keeps_the_rest():
+    from server.protocol.frames import storable, storable_text
+
+    for text in ["plain", "é and 😀", "", "\u2028 line separator"]:
+        assert storable_text(text) == text
+    assert storable_text("a\x00b") == "ab"
+    assert storable_text("half \ud83d pair \udfff") == "half  pair "
+    assert storable(storable_text("x\x00\ud800y😀"))
