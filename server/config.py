@@ -20,8 +20,12 @@ class Settings(BaseSettings):
     # Pool size; None picks per database (SQLite 4, PostgreSQL 10). Never overflows: a burst
     # waits db_pool_timeout_s for a connection rather than opening new ones.
     db_pool_size: int | None = Field(default=None, ge=1)
-    db_pool_timeout_s: float = Field(default=10.0, gt=0)
-    db_connect_timeout_s: float = Field(default=10.0, gt=0)  # PostgreSQL: a host that never answers
+    db_pool_timeout_s: float = Field(default=5.0, gt=0)
+    # PostgreSQL: every call on a person's path is bounded, so that a database out of reach (a
+    # pulled cable, a frozen host: no reset, no close) answers `unavailable` within seconds
+    # instead of never. A statement that times out discards its connection.
+    db_connect_timeout_s: float = Field(default=5.0, gt=0)
+    db_statement_timeout_s: float = Field(default=5.0, gt=0)
     sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
     sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0)
 

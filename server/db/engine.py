@@ -31,8 +31,11 @@ def make_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
             private_sqlite_file(path)
         kwargs["connect_args"] = {"timeout": settings.sqlite_busy_timeout_ms / 1000}
     else:
-        # asyncpg waits 60 s for a host that never answers; an operator should hear sooner.
+        # asyncpg waits 60 s for a host that never answers; an operator should hear sooner. The
+        # server's own pool bounds every statement too (migrations, unpooled, may take longer).
         kwargs["connect_args"] = {"timeout": settings.db_connect_timeout_s}
+        if pooled:
+            kwargs["connect_args"]["command_timeout"] = settings.db_statement_timeout_s
     engine = create_async_engine(settings.database_url, **kwargs)
     if settings.is_sqlite:
         configure_sqlite(engine.sync_engine, settings, writer=False)

@@ -80,6 +80,7 @@ class PgTurnWrites:
         # keeps them (no idle timeout), as the engine's pool does.
         pool = await asyncpg.create_pool(asyncpg_dsn(settings.database_url), min_size=1,
                                          max_size=settings.pool_size, timeout=settings.db_connect_timeout_s,
+                                         command_timeout=settings.db_statement_timeout_s,
                                          max_inactive_connection_lifetime=0,
                                          server_settings={"application_name": APPLICATION_NAME},
                                          reset=_nothing_to_reset)
@@ -101,7 +102,11 @@ class PgTurnWrites:
         timeout = None if self._pool.get_idle_size() else self._acquire_timeout_s
         try:
             async with self._pool.acquire(timeout=timeout) as conn:
-                seq: int | None = await conn.fetchval(statement.sql, *args)
+                try:
+                    seq: int | None = await conn.fetchval(statement.sql, *args)
+                except TimeoutError:
+                    conn.terminate()  # it may be stuck for good (a partition): never back into the pool
+                    raise
         except asyncpg.IntegrityConstraintViolationError as e:
             # The callers resolve it as on the engine (a client_id committed by another socket
             # just now, a reply id taken by a sweep).

@@ -85,10 +85,14 @@ class Database:
             # The whole unit in one hop into SQLAlchemy's greenlet: connect, BEGIN, the work,
             # COMMIT, return to the pool (five hops through the AsyncConnection methods otherwise).
             with self.engine.sync_engine.connect() as conn:
-                transaction = conn.begin()
-                result = work(Store(conn))
-                if commit:
-                    _committing(transaction.commit)
+                try:
+                    transaction = conn.begin()
+                    result = work(Store(conn))
+                    if commit:
+                        _committing(transaction.commit)
+                except TimeoutError:
+                    conn.invalidate()  # a statement that timed out: the connection may be stuck for good
+                    raise
                 return result  # leaving the block rolls back what was not committed
 
         try:
