@@ -17,9 +17,9 @@ from server.chat.services import Services
 from server.config import Settings
 from server.db.uow import DatabaseUnavailable
 from server.protocol import outgoing
+from server.resources import static_dir
 from server.web.guards import Guards
 from server.web.http_api import router
-from server.web.static import STATIC_DIR
 from server.web.ws_endpoint import handle_socket
 
 
@@ -48,7 +48,7 @@ class ChatApp:
         self.http.state.guards = self.guards
         self.http.include_router(router)
         self.http.add_exception_handler(DatabaseUnavailable, database_unavailable)
-        self.http.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+        self.http.mount("/static", StaticFiles(directory=static_dir()), name="static")
         # Pages on the allowed origins (an embedded widget) may call the HTTP API; no one else.
         self.http.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins,
                                  allow_methods=["GET", "DELETE"], allow_headers=["Authorization"], max_age=600)

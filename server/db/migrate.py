@@ -18,20 +18,19 @@ from sqlalchemy.engine import Connection
 from alembic import command
 from server.config import Settings
 from server.db.engine import make_engine
+from server.resources import migrations_dir
 
 log = logging.getLogger(__name__)
 
-# Found relative to the package, so `chat-server` migrates from whatever directory it starts in.
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PG_LOCK_KEY = 0x63686174  # "chat": one advisory lock for every chat-server migrating this database
 
 
 def alembic_config() -> Config:
-    script_location = PROJECT_ROOT / "alembic"
-    if not (script_location / "env.py").exists():
-        raise RuntimeError(f"migrations not found at {script_location}")
-    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(script_location))
+    """The migrations shipped in the package, from whatever directory `chat-server` starts in.
+    No ini file: alembic.ini at the top of the repository is for running `alembic` by hand."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("path_separator", "os")
     return cfg
 
 

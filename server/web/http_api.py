@@ -22,8 +22,8 @@ from server.protocol.frames import (
     NO_SUCH_CONVERSATION,
     known_id,
 )
+from server.resources import static_dir
 from server.web.guards import Guards, TooMany
-from server.web.static import STATIC_DIR
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -136,7 +136,7 @@ async def metrics_endpoint(request: Request, svc: Svc) -> Response:
 
 @router.get("/", include_in_schema=False)
 async def index(svc: Svc) -> FileResponse:
-    return FileResponse(STATIC_DIR / "index.html", headers=page_headers(svc.settings.allowed_origins))
+    return FileResponse(static_dir() / "index.html", headers=page_headers(svc.settings.allowed_origins))
 
 
 def page_headers(allowed_origins: list[str]) -> dict[str, str]:
