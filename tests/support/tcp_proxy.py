@@ -10,6 +10,8 @@ they would when a phone changes networks. It runs its own event loop in a thread
         ...
         proxy.cut()            # every live connection, now
         proxy.refuse = True    # new connections are closed at once until set back to False
+        proxy.freeze()         # a pulled cable: nothing moves, nothing is closed ...
+        proxy.thaw()           # ... until now (what was held is delivered)
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class TcpProxy:
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-proxy", daemon=True)
+        self._flowing: asyncio.Event | None = None
 
     # -- lifecycle, from the test's thread -------------------------------------------------------
     def start(self) -> TcpProxy:
@@ -54,6 +57,14 @@ class TcpProxy:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def freeze(self) -> None:
+        """Stop forwarding, in both directions and for new connections, without closing
+        anything: to both ends the other simply stops answering."""
+        asyncio.run_coroutine_threadsafe(self._set_flowing(False), self._loop).result(10)
+
+    def thaw(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._set_flowing(True), self._loop).result(10)
+
     def cut(self) -> int:
         """Reset every live connection (both sides); how many there were."""
         return asyncio.run_coroutine_threadsafe(self._cut(), self._loop).result(10)
@@ -63,7 +74,16 @@ class TcpProxy:
         return len(self._conns)
 
     # -- on the proxy's loop ---------------------------------------------------------------------
+    async def _set_flowing(self, flowing: bool) -> None:
+        assert self._flowing is not None
+        if flowing:
+            self._flowing.set()
+        else:
+            self._flowing.clear()
+
     async def _listen(self) -> None:
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.requested_port)
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -84,6 +104,8 @@ class TcpProxy:
         if self.refuse:
             _reset(client_w)
             return
+        assert self._flowing is not None
+        await self._flowing.wait()
         try:
             up_r, up_w = await asyncio.open_connection(*self.target)
         except OSError:
@@ -93,16 +115,17 @@ class TcpProxy:
         self._conns.add(pair)
         self.accepted += 1
         try:
-            await asyncio.gather(_pipe(client_r, up_w), _pipe(up_r, client_w))
+            await asyncio.gather(_pipe(client_r, up_w, self._flowing), _pipe(up_r, client_w, self._flowing))
         finally:
             self._conns.discard(pair)
             for writer in pair:
                 writer.close()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event) -> None:
     try:
         while data := await reader.read(65536):
+            await flowing.wait()
             writer.write(data)
             await writer.drain()
     except (ConnectionError, OSError):
