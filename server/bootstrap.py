@@ -47,7 +47,8 @@ async def start_services(settings: Settings) -> Services:
     else:
         auth = Authenticator(await open_mode_secret(db), token_mode=False,
                              open_mode_ttl_s=settings.open_mode_token_ttl_s)
-    limits = UserLimits(settings.rate_limit_per_minute, settings.max_sockets_per_user)
+    limits = UserLimits(settings.rate_limit_per_minute, settings.max_sockets_per_user,
+                        reads_per_minute=settings.reads_per_minute)
     owner = uuid.uuid4().hex
     bus: ReplyBus
     heartbeat = None

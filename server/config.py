@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(default=32_000, ge=1)
     # Abuse limits (per user unless said otherwise).
     rate_limit_per_minute: int = Field(default=60, ge=1)  # messages; the contract promises at least 30
+    # resume, history and cancel by id, per user across the user's sockets: each costs database
+    # reads or a broadcast to every process; beyond it they get rate_limited (the socket stays).
+    reads_per_minute: int = Field(default=300, ge=1)
     flood_close_after: int = Field(default=20, ge=1)  # rate-limited messages on one socket, then close 1008
     max_sockets_per_user: int = Field(default=10, ge=1)  # past it: close 1013
     max_frames_per_second: float = Field(default=50.0, gt=0)  # per socket, any frame; sustained excess: 1008

@@ -73,13 +73,18 @@ class UserLimits:
     """Per user, across all of the user's sockets in this process."""
 
     def __init__(self, messages_per_minute: int, max_sockets: int, clock: Clock = time.monotonic,
-                 max_users: int = 10_000):
+                 max_users: int = 10_000, reads_per_minute: int = 0):
         self.max_sockets = max_sockets
         self._messages = KeyedBuckets(messages_per_minute, clock, max_users)
+        self._reads = KeyedBuckets(reads_per_minute, clock, max_users)  # 0: no limit
         self._sockets: dict[str, int] = {}
 
     def allow_message(self, user_id: str) -> bool:
         return self._messages.take(user_id) == 0
+
+    def allow_read(self, user_id: str) -> bool:
+        """resume, history, cancel by id: frames that cost reads or a broadcast, not a turn."""
+        return self._reads.take(user_id) == 0
 
     def open_socket(self, user_id: str) -> bool:
         """Count a new socket for this user; False (and not counted) when it has too many."""

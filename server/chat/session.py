@@ -175,6 +175,12 @@ class ChatSession:
                     await self._enqueue(frame)
                 elif not await self._refuse_over_rate(frame):
                     return  # closed for flooding
+            elif isinstance(frame, CancelFrame) and not frame.message_id:
+                self._cancel(frame)  # the socket's own turn: no read, no broadcast
+            elif not self.svc.limits.allow_read(self.user_id):
+                limit = self.svc.settings.reads_per_minute
+                await self._refuse(FrameError(ErrorCode.RATE_LIMITED, f"more than {limit} resume, history and "
+                                              "cancel frames a minute; wait, then send it again"))
             elif isinstance(frame, CancelFrame):
                 self._cancel(frame)
             else:

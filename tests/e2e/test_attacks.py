@@ -11,6 +11,7 @@ import asyncio
 import json
 import socket
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -371,3 +372,59 @@ async def test_http_pages_never_read_are_dropped_after_the_send_timeout(make_ser
     print(f"10 connections x 20 unread HTTP pages: server RSS {base:.0f} -> {peak:.0f} MB; {outcomes}")
     assert all(o == "dropped" for o in outcomes), outcomes
     assert peak - base < RSS_BOUND_MB
+
+
+# -- frames that cost reads, not turns ---------------------------------------------------------------------
+@aio
+async def test_history_resume_and_cancel_by_id_are_budgeted_per_user_across_sockets(make_server):
+    """Each costs database reads (or a message to every process), bounded before only by each
+    socket's frame rate, ten sockets per user, against a pool of ten connections."""
+    server = make_server("sqlite", CHAT_READS_PER_MINUTE="60", CHAT_MAX_FRAMES_PER_SECOND="200")
+    flooder = await Client.open(server)
+    token = flooder.token
+    sockets = [flooder] + [await Client.open(server, token=token) for _ in range(3)]
+    victim = await Client.open(server)
+    try:
+        conversation_id = (await flooder.complete("something to read")).ack["conversation_id"]
+        kinds = [{"type": "history", "conversation_id": conversation_id},
+                 {"type": "resume", "reply_to": conversation_id},
+                 {"type": "cancel", "message_id": conversation_id}]
+        for i in range(150):
+            await sockets[i % len(sockets)].send(kinds[i % len(kinds)])
+        answered = limited = 0
+        for c in sockets:
+            while True:
+                try:
+                    f = await c.recv(timeout=1.0)
+                except TimeoutError:
+                    break
+                if f["type"] == "error" and f["code"] == "rate_limited":
+                    limited += 1
+                else:
+                    answered += 1
+        # A cancel by id is answered by nothing: of 150 frames, 100 expect an answer.
+        assert answered <= 60 and limited >= 150 - 65, (answered, limited)  # 60, and what refilled meanwhile
+        assert (await victim.complete("still served")).done["status"] == "complete"
+        assert (await sockets[1].turn("the flooder's turns are not reads")).done is not None
+    finally:
+        for c in [*sockets, victim]:
+            await c.close()
+
+
+@pytest.mark.postgres
+@aio
+async def test_a_cancel_of_an_unknown_id_repeated_is_broadcast_to_other_processes_once(make_server):
+    server = make_server("postgres")
+    c = await Client.open(server)
+    try:
+        await c.complete("warm up")  # the LISTEN connection has sent what it had
+        await asyncio.sleep(0.2)
+        sent = server.metric("chat_notify_payloads_total")
+        for _ in range(20):  # a tick (20 ms) apart: each would be a notification of its own
+            await c.send({"type": "cancel", "message_id": "00000000-0000-4000-8000-000000000000"})
+            await asyncio.sleep(0.03)
+        await c.history(str(uuid.uuid4()))  # the cancels were read by now
+        await asyncio.sleep(0.3)  # a tick or more
+        assert server.metric("chat_notify_payloads_total") - sent == 1
+    finally:
+        await c.close()

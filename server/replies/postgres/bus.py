@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 STORED = ("complete", "cancelled", "error", "interrupted")
 CHECK_AFTER_S = 5.0  # a mirror that heard nothing this long checks the database and asks again
+RECENT_STOP_S = 2.0  # a cancel of the same id within this is not broadcast again
+RECENT_STOPS = 1024  # remembered at most: past it, the ones older than RECENT_STOP_S go
 
 
 @dataclass(eq=False, slots=True)
@@ -68,6 +70,7 @@ class PgReplyBus:
         self._dirty: dict[str, LiveReply] = {}  # our replies with remote followers and something to send
         self._tasks: set[asyncio.Task[Any]] = set()
         self._checker: asyncio.Task[None] | None = None
+        self._recent_stops: dict[tuple[str, str], float] = {}  # (user, reply id) -> when broadcast
         self._handlers: dict[type[rec.Record], Callable[[Any], None]] = {
             rec.Pieces: self._on_pieces, rec.Finished: self._on_finished, rec.Gone: self._on_gone,
             rec.Interest: self._on_interest, rec.Uninterest: self._on_uninterest, rec.Stop: self._on_stop,
@@ -232,7 +235,19 @@ class PgReplyBus:
     def stop(self, user_id: str, reply_id: str, reason: str) -> bool:
         if self.local.stop(user_id, reply_id, reason):
             return True
+        if self._stopped_lately(user_id, reply_id):
+            return False  # broadcast a moment ago: the same id again costs every process nothing more
         self._send(BROADCAST, rec.Stop(user_id, reply_id, reason))
+        return False
+
+    def _stopped_lately(self, user_id: str, reply_id: str) -> bool:
+        now = time.monotonic()
+        if len(self._recent_stops) >= RECENT_STOPS:
+            self._recent_stops = {k: t for k, t in self._recent_stops.items() if now - t < RECENT_STOP_S}
+        key = (user_id, reply_id)
+        if now - self._recent_stops.get(key, -RECENT_STOP_S) < RECENT_STOP_S:
+            return True
+        self._recent_stops[key] = now
         return False
 
     def stop_conversation(self, conversation_id: str, reason: str) -> int:
