@@ -4,6 +4,7 @@ pieces split and merged back exactly, unknown kinds and versions skipped."""
 from __future__ import annotations
 
 import random
+import uuid
 
 import pytest
 
@@ -74,6 +75,7 @@ ONE_OF_EACH: list[pp.Record] = [
     pp.Stop("u", "r", "cancelled"), pp.StopConversation("c"), pp.Deleted("u", "c"),
     pp.Announce("o", "u", "m", "r", "c"), pp.Interest("o", "r", 3), pp.Uninterest("o", "r"),
     pp.Pieces("r", 1, ["a", "b"], 1, 0), pp.Finished("r", "error", 2, "boom"), pp.Gone("r"),
+    pp.SeqQuery("o", ["r1", "r2"]), pp.SeqAnswer("r1", 7),
 ]
 
 
@@ -95,6 +97,11 @@ def test_a_payload_not_of_ours_is_refused():
     for payload in ('["s","u","r","cancelled"]', "[]", '{"x":1}', "3"):
         with pytest.raises(ValueError):
             pp.unpack(payload)
+
+
+def test_a_query_for_100_reply_ids_fits_a_record():
+    ids = [str(uuid.uuid4()) for _ in range(100)]
+    assert len(pp.encode(pp.SeqQuery("o" * 32, ids))) < pp.MAX_RECORD
 
 
 def test_a_record_too_large_is_refused_where_it_is_made_and_long_texts_are_clipped():

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 STORED = ("complete", "cancelled", "error", "interrupted")
 CHECK_AFTER_S = 5.0  # a mirror that heard nothing this long checks the database and asks again
 RECENT_STOP_S = 2.0  # a cancel of the same id within this is not broadcast again
+SEQ_ANSWER_S = 0.25  # how long `ready` waits for owners to say how far their replies are (a tick or two)
 RECENT_STOPS = 1024  # remembered at most: past it, the ones older than RECENT_STOP_S go
 
 
@@ -71,11 +72,12 @@ class PgReplyBus:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._checker: asyncio.Task[None] | None = None
         self._recent_stops: dict[tuple[str, str], float] = {}  # (user, reply id) -> when broadcast
+        self._seq_answers: dict[str, asyncio.Future[int]] = {}  # reply id -> its owner's answer, awaited
         self._handlers: dict[type[rec.Record], Callable[[Any], None]] = {
             rec.Pieces: self._on_pieces, rec.Finished: self._on_finished, rec.Gone: self._on_gone,
             rec.Interest: self._on_interest, rec.Uninterest: self._on_uninterest, rec.Stop: self._on_stop,
             rec.StopConversation: self._on_stop_conversation, rec.Deleted: self._on_deleted,
-            rec.Announce: self._on_announce,
+            rec.Announce: self._on_announce, rec.SeqQuery: self._on_seq_query, rec.SeqAnswer: self._on_seq_answer,
         }
 
     async def start(self, database_url: str, tick_s: float) -> None:
@@ -172,6 +174,7 @@ class PgReplyBus:
         except DatabaseUnavailable:
             return await self.local.listing(user_id)
         out = []
+        elsewhere: dict[str, list[str]] = {}  # owner -> its replies known here by their record only
         for rid, message_id, conversation_id, owner in rows:
             reply = self.local.find(user_id, reply_id=rid)
             mirror = self._mirrors.get(rid)
@@ -179,12 +182,32 @@ class PgReplyBus:
                 out.append(reply.listing())
             elif mirror is not None:
                 out.append(mirror.reply.listing())
-            elif owner != self.owner:  # seq: what is known here (nothing)
+            elif owner != self.owner:
                 out.append({"conversation_id": conversation_id, "message_id": rid, "reply_to": message_id, "seq": 0})
+                elsewhere.setdefault(owner, []).append(rid)
+        if elsewhere:  # "deltas sent so far": their owners say, within a tick or two
+            seqs = await self._ask_seqs(elsewhere)
+            for item in out:
+                item["seq"] = seqs.get(item["message_id"], item["seq"])
         listed = {item["message_id"] for item in out}
         # Ours whose record could not be written (the database failed at that moment) are in flight too.
         out += [reply.listing() for reply in self.local.in_flight(user_id) if reply.id not in listed]
         return out
+
+    async def _ask_seqs(self, by_owner: dict[str, list[str]]) -> dict[str, int]:
+        loop = asyncio.get_running_loop()
+        waiting = {rid: self._seq_answers.setdefault(rid, loop.create_future())
+                   for rids in by_owner.values() for rid in rids}
+        for owner, rids in by_owner.items():
+            for first in range(0, len(rids), 100):  # 100 ids fit a record well
+                self._send(process_channel(owner), rec.SeqQuery(self.owner, rids[first:first + 100]))
+        try:
+            await asyncio.wait(list(waiting.values()), timeout=SEQ_ANSWER_S)
+        finally:
+            for rid, future in waiting.items():
+                if self._seq_answers.get(rid) is future:
+                    del self._seq_answers[rid]
+        return {rid: future.result() for rid, future in waiting.items() if future.done() and not future.cancelled()}
 
     def _mirror(self, reply_id: str, user_id: str, conversation_id: str, reply_to: str, owner: str) -> Mirror:
         mirror = self._mirrors.get(reply_id)
@@ -324,6 +347,17 @@ class PgReplyBus:
     def _on_announce(self, record: rec.Announce) -> None:
         if self.local.watchers(record.user_id):
             self._spawn(self._announced(record))
+
+    def _on_seq_query(self, record: rec.SeqQuery) -> None:
+        for rid in record.reply_ids:
+            reply = self.local.get(rid)
+            if reply is not None:
+                self._send(process_channel(record.owner), rec.SeqAnswer(rid, reply.seq))
+
+    def _on_seq_answer(self, record: rec.SeqAnswer) -> None:
+        future = self._seq_answers.get(record.reply_id)
+        if future is not None and not future.done():
+            future.set_result(record.seq)
 
     def _on_interest(self, record: rec.Interest) -> None:
         reply_id = record.reply_id

@@ -132,9 +132,31 @@ class Gone:
     reply_id: str
 
 
-Record = Stop | StopConversation | Deleted | Announce | Interest | Uninterest | Pieces | Finished | Gone
+@dataclass(frozen=True, slots=True)
+class SeqQuery:
+    """Sent to a reply's owner: how many pieces each of these replies has now (`ready` lists it)."""
+
+    KIND: ClassVar[str] = "q"
+    VERSION: ClassVar[int] = 1
+    owner: str  # who asks
+    reply_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class SeqAnswer:
+    """The owner's answer to a SeqQuery, for one reply it generates."""
+
+    KIND: ClassVar[str] = "n"
+    VERSION: ClassVar[int] = 1
+    reply_id: str
+    seq: int
+
+
+Record = (Stop | StopConversation | Deleted | Announce | Interest | Uninterest | Pieces | Finished | Gone | SeqQuery
+          | SeqAnswer)
 KINDS: dict[str, type[Record]] = {
-    cls.KIND: cls for cls in (Stop, StopConversation, Deleted, Announce, Interest, Uninterest, Pieces, Finished, Gone)
+    cls.KIND: cls for cls in (Stop, StopConversation, Deleted, Announce, Interest, Uninterest, Pieces, Finished, Gone,
+                              SeqQuery, SeqAnswer)
 }
 
 
