@@ -133,11 +133,17 @@ async def test_resume_cancel_sync_and_delete_cross_processes(pair):
         assert rest.done["status"] == "cancelled" and time.monotonic() - sent < 3, rest.frames
         await tab.collect()
 
-        # A DELETE on B stops a reply in flight on A; B's sync tab hears of the deletion.
-        await ca.message(words(200), client_id=cid(), conversation_id=conv)
+        # A DELETE on B stops a reply in flight on A at once (the reply alone would take 16 s);
+        # B's sync tab hears of the deletion.
+        await ca.message(words(400), client_id=cid(), conversation_id=conv)
         t = await ca.collect(stop_after_deltas=2)
+        deleted = time.monotonic()
         assert Rest(b, ca.token).delete(conv).status_code == 204
-        ended = await ca.collect(timeout=10)
+        try:
+            ended = await ca.collect(timeout=2)
+        except TimeoutError:
+            raise AssertionError("the reply on A went on for 2 s after the DELETE on B") from None
+        assert time.monotonic() - deleted < 2
         assert ended.done is None and ended.frames[-1]["type"] == "error", ended.frames
         assert ended.frames[-1]["code"] == "not_found"
         deadline = time.monotonic() + 10
@@ -151,6 +157,30 @@ async def test_resume_cancel_sync_and_delete_cross_processes(pair):
         await ca.close()
         await cb.close()
         await tab.close()
+
+
+@aio
+async def test_cancel_by_id_from_another_user_on_another_process_does_not_stop_the_reply(pair):
+    """Cancel by id crosses processes as a broadcast; the process generating the reply stops it
+    only for the reply's own user, so a reply id that leaked to someone else stops nothing."""
+    a, b = pair(CHAT_ECHO_DELAY_MS=40)
+    ca, conv = await open_conversation(a)
+    intruder = await Client.open(b)  # another user, on the other process
+    try:
+        content = words(50)  # 2 s of reply: the cancel arrives long before its end
+        await ca.message(content, client_id=cid(), conversation_id=conv)
+        t = await ca.collect(stop_after_deltas=2)
+        reply_id = t.start["message_id"]
+        await intruder.send({"type": "cancel", "message_id": reply_id})
+        rest = await ca.collect(timeout=30)
+        assert rest.done is not None and rest.done["message_id"] == reply_id, rest.frames
+        assert rest.done["status"] == "complete", rest.frames
+        assert rest.done["content"] == t.text + rest.text and rest.done["content"].endswith(content)
+        stored = replies_by_message(Rest(b, ca.token).all_messages(conv))[t.ack["message_id"]]
+        assert [(m["id"], m["status"]) for m in stored] == [(reply_id, "complete")]
+    finally:
+        await ca.close()
+        await intruder.close()
 
 
 # -- a process dies ------------------------------------------------------------------------------------

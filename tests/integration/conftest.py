@@ -1,6 +1,8 @@
-"""In-process tests of the turn path: the real turn runner, reply bus and database (a temporary
-SQLite file, migrated), with a fake socket and a model the test steps piece by piece. No server
-process and no network: each test takes milliseconds."""
+"""In-process tests: no server process, no socket. The turn path runs on the real turn runner,
+reply bus and database (a temporary SQLite file, migrated), with a fake socket and a model the test
+steps piece by piece: each test takes milliseconds. Alongside: the database layer (statements,
+migrations, leases) and the reply bus across processes, on real SQLite and PostgreSQL databases
+(PostgreSQL ones skip without it, or fail under CHAT_TEST_REQUIRE_PG=1)."""
 
 from __future__ import annotations
 
