@@ -51,8 +51,9 @@ APPEND_RELEASING = _Compiled(store.APPEND_RELEASING)
 START_CONVERSATION = _Compiled(store.START_CONVERSATION)
 
 # What a broken or unreachable server looks like from asyncpg (a constraint violation is not one).
-_UNAVAILABLE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, ConnectionError, OSError,
-                asyncio.TimeoutError)
+# InternalClientError: a connection the server killed mid-operation ("cannot switch to state").
+_UNAVAILABLE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError,
+                ConnectionError, OSError, asyncio.TimeoutError)
 
 
 def asyncpg_dsn(database_url: str) -> str:
@@ -113,7 +114,8 @@ class PgTurnWrites:
             raise IntegrityError(statement.sql, None, e) from e
         except (asyncpg.PostgresError, *_UNAVAILABLE) as e:
             metrics.DB_COMMIT_FAILURES.inc()
-            if isinstance(e, asyncpg.PostgresConnectionError | ConnectionError | OSError):
+            if isinstance(e, asyncpg.PostgresConnectionError | asyncpg.exceptions.InternalClientError
+                          | ConnectionError | OSError):
                 # The server restarted or the network broke: every pooled connection is as
                 # stale as this one. Replace them, rather than fail one turn per connection.
                 self._pool.expire_connections()
