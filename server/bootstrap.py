@@ -2,7 +2,7 @@
 
 SQLite gets the group-committing writer thread and the in-memory reply bus; PostgreSQL gets the
 turn writes on asyncpg, process leases with their sweep, and (with CHAT_PG_NOTIFY) the reply bus
-across processes. Nothing else in the server names a concrete adapter.
+across processes. Nothing else in the server chooses one: the rest is handed what was built here.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ async def _start_many_processes(
     on_swept: Callable[[list[Orphan]], Awaitable[None]]
     if settings.pg_notify:
         pg_bus = PgReplyBus(settings.detached_reply_s, settings.max_detached_replies, db, owner)
-        await pg_bus.start(settings.database_url, settings.notify_tick_ms / 1000)
+        await pg_bus.start(settings.database_url, settings.notify_tick_ms / 1000, settings.db_connect_timeout_s)
         bus, on_swept = pg_bus, pg_bus.swept
     else:
         bus, on_swept = LocalReplyBus(settings.detached_reply_s, settings.max_detached_replies), _nothing

@@ -81,10 +81,9 @@ def _accept(user_id: str, frame: MessageFrame, current: str | None, claim: Claim
     (a new conversation). The writes are the store's own, as on the common path."""
 
     def work(store: Store) -> Accepted:
-        if frame.client_id is not None:
-            original = store.by_client_id(user_id, frame.client_id)
-            if original is not None:
-                return Accepted(original, duplicate=True)
+        original = _original(store, user_id, frame)
+        if original is not None:
+            return original
         explicit = frame.conversation_id is not ABSENT
         conversation_id = frame.conversation_id if explicit else current
         if explicit and conversation_id is not None and not known_id(conversation_id):
@@ -93,14 +92,31 @@ def _accept(user_id: str, frame: MessageFrame, current: str | None, claim: Claim
             stored = store.append_message(_user_message(frame, conversation_id), user_id, claim)
             if stored is not None:
                 return Accepted(stored, duplicate=False)
+            # Nothing written: the conversation is not there, or (PostgreSQL, whose statements
+            # each see what is committed when they start) its client_id was committed just now.
+            original = _original(store, user_id, frame)
+            if original is not None:
+                return original
             if explicit:
                 raise ConversationNotFound(conversation_id)
         # A new conversation: asked for, none yet, or the current one was deleted.
         started = store.start_conversation(_user_message(frame, new_id()), user_id, claim)
-        assert started is not None, "its client_id was checked above, in this transaction"
+        if started is None:  # its client_id was committed just now by another socket
+            original = _original(store, user_id, frame)
+            if original is None:
+                raise IntegrityError("client_id", None, Exception("used meanwhile"))  # the caller's second pass
+            return original
         return Accepted(started, duplicate=False)
 
     return work
+
+
+def _original(store: Store, user_id: str, frame: MessageFrame) -> Accepted | None:
+    """The message this frame's client_id already names, if any: a duplicate."""
+    if frame.client_id is None:
+        return None
+    original = store.by_client_id(user_id, frame.client_id)
+    return None if original is None else Accepted(original, duplicate=True)
 
 
 async def store_reply(db: Database, user_id: str, reply_to: MessageRecord, reply_id: str, content: str,
@@ -139,9 +155,6 @@ async def claim_again(db: Database, user_id: str, message: MessageRecord, claim:
             return "claimed"
 
         return await db.write(work)
-    try:
-        return await db.write(lambda store: leases.take_over(
-            store, claim.owner, lease_grace_s, message_id=message.id, reply_id=claim.reply_id,
-            conversation_id=message.conversation_id, user_id=user_id))
-    except IntegrityError:  # another process took it at the same moment
-        return "taken"
+    return await db.write(lambda store: leases.take_over(
+        store, claim.owner, lease_grace_s, message_id=message.id, reply_id=claim.reply_id,
+        conversation_id=message.conversation_id, user_id=user_id))

@@ -117,7 +117,9 @@ class TurnRunner:
                 continue
             try:
                 claimed = await claim_again(self.deps.db, self.user_id, message, claim, grace)
-            except DatabaseUnavailable:  # the own-claims sweep stores it should its store fail too
+            except DatabaseUnavailable:
+                # The database failed now; the reply goes on, and its store (retried) is what the
+                # person needs. Only a crash before it would lose the record of it in flight.
                 log.warning("reply %s to %s not recorded as in flight", reply.id, message.id, exc_info=True)
                 claimed = "claimed"
             if claimed != "claimed":  # this claim only leaves the bus (no one follows it)

@@ -328,6 +328,16 @@ class Store:
                                  .where(f.owner == owner, f.started_at < started_before))
         return [Orphan(*row) for row in rows]
 
+    def release_claim(self, orphan: Orphan, owner: str) -> Orphan | None:
+        """Remove `owner`'s claim on that reply, if it still holds it; what it held (its text so
+        far), or None: the reply was stored meanwhile, or another process took it over."""
+        f = replies_in_flight.c
+        content = self.conn.execute(
+            delete(replies_in_flight)
+            .where(f.user_message_id == orphan.user_message_id, f.reply_id == orphan.reply_id, f.owner == owner)
+            .returning(f.content)).scalar()
+        return None if content is None else dataclasses.replace(orphan, content=content)
+
     def store_orphan(self, orphan: Orphan) -> MessageRecord | None:
         """Store what is known of a dead process's reply as `interrupted`, and release its claim."""
         return self.append_message(unsaved(

@@ -131,7 +131,7 @@ def _message(obj: dict[str, Any], max_chars: int) -> MessageFrame:
             raise FrameError(ErrorCode.INVALID, "conversation_id must be a string or null", echo_id)
         # A NUL or a lone surrogate can name nothing. A too-long id cannot either, but the message
         # may be a resend, whose conversation_id is ignored: that one is answered after the
-        # client_id check, without a query (turns.py).
+        # client_id check, without a query (server/chat/commit_points.py).
         if not storable(conversation_id):
             raise FrameError(ErrorCode.NOT_FOUND, NO_SUCH_CONVERSATION, echo_id)
     if "content" not in obj:

@@ -36,18 +36,28 @@ async def sweep_own(db: Database, owner: str, running: Callable[[str], bool],
     """Store as interrupted `owner`'s claims whose reply is not running here; the ones stored."""
     started_before = utcnow() - timedelta(seconds=min_age_s)
     found = await db.read(lambda store: store.own_claims(owner, started_before))
-    stale = [orphan for orphan in found if not running(orphan.reply_id)]
-    if not stale:
+    if not [orphan for orphan in found if not running(orphan.reply_id)]:
         return []
 
     def work(store: Store) -> list[Orphan]:
-        for orphan in stale:
-            store.store_orphan(orphan)
-        return stale
+        swept = []
+        for orphan in found:
+            # Asked again (on SQLite from the writer's thread: a dict lookup): it may have been
+            # registered since the read.
+            if running(orphan.reply_id):
+                continue
+            # Only while the claim is still ours: a reply stored meanwhile removed it, and so did
+            # a takeover; either way there is nothing to store.
+            released = store.release_claim(orphan, owner)
+            if released is not None:
+                store.store_orphan(released)
+                swept.append(released)
+        return swept
 
     swept = await db.write(work)
-    metrics.REPLIES_SWEPT.inc(len(swept))
-    log.warning("stored %d reply(ies) this process no longer generates as interrupted", len(swept))
+    if swept:
+        metrics.REPLIES_SWEPT.inc(len(swept))
+        log.warning("stored %d reply(ies) this process no longer generates as interrupted", len(swept))
     return swept
 
 

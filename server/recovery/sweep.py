@@ -7,7 +7,7 @@ reply, with the text its last checkpoint saw (often empty).
 
 - SQLite (one process): at start, every owner but this incarnation.
 - PostgreSQL: the owners without a live lease (server/recovery/leases.py), at start and then every
-  `sweep_s` by every live process, so that a death is handled within about `lease_grace_s`
+  `heartbeat_s` by every live process, so that a death is handled within about `lease_grace_s`
   (its session left PostgreSQL) or `lease_s` (it hung, or its host went away) plus a sweep.
 """
 

@@ -111,3 +111,18 @@ def test_a_record_too_large_is_refused_where_it_is_made_and_long_texts_are_clipp
     assert clipped is not None and len(clipped) == pp.MAX_TEXT
     assert len(pp.encode(pp.Finished("r", "error", 1, clipped))) < pp.MAX_RECORD
     assert pp.clip("short") == "short" and pp.clip(None) is None
+
+
+@pytest.mark.parametrize("raw", [
+    ["p", 1, "r", "1", ["a"]],  # a seq that is a string
+    ["f", 1, "r", "error", True, None],  # a bool is not a seq
+    ["q", 1, "o", ["a", 2]],  # ids that are not all strings
+    ["s", 1, "u", None, "cancelled"],  # a required text that is null
+    ["p", 1, "r", 1],  # a field too few
+])
+def test_a_record_of_the_wrong_shape_is_not_decoded(raw):
+    assert pp.decode(raw) is None
+
+
+def test_trailing_fields_with_defaults_may_be_left_out():
+    assert pp.decode(["p", 1, "r", 3, ["x"]]) == pp.Pieces("r", 3, ["x"], 0, 0)

@@ -72,7 +72,7 @@ class PgReplyBus:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._checker: asyncio.Task[None] | None = None
         self._recent_stops: dict[tuple[str, str], float] = {}  # (user, reply id) -> when broadcast
-        self._seq_answers: dict[str, asyncio.Future[int]] = {}  # reply id -> its owner's answer, awaited
+        self._seq_answers: dict[str, list[asyncio.Future[int]]] = {}  # reply id -> who awaits its seq
         self._handlers: dict[type[rec.Record], Callable[[Any], None]] = {
             rec.Pieces: self._on_pieces, rec.Finished: self._on_finished, rec.Gone: self._on_gone,
             rec.Interest: self._on_interest, rec.Uninterest: self._on_uninterest, rec.Stop: self._on_stop,
@@ -80,8 +80,9 @@ class PgReplyBus:
             rec.Announce: self._on_announce, rec.SeqQuery: self._on_seq_query, rec.SeqAnswer: self._on_seq_answer,
         }
 
-    async def start(self, database_url: str, tick_s: float) -> None:
-        self.channel = ListenConnection(database_url, self.owner, tick_s, self._received, self._gap)
+    async def start(self, database_url: str, tick_s: float, connect_timeout_s: float = 10.0) -> None:
+        self.channel = ListenConnection(database_url, self.owner, tick_s, self._received, self._gap,
+                                        connect_timeout_s=connect_timeout_s)
         self.channel.on_tick(self._flush_remote)
         await self.channel.start()
         self._checker = asyncio.ensure_future(self._check_quiet_mirrors())
@@ -101,9 +102,6 @@ class PgReplyBus:
 
     def run(self, reply: LiveReply, producer: Coroutine[Any, Any, None]) -> None:
         self.local.run(reply, producer)
-
-    def find(self, user_id: str, *, reply_id: str | None = None, reply_to: str | None = None) -> LiveReply | None:
-        return self.local.find(user_id, reply_id=reply_id, reply_to=reply_to)
 
     def in_flight(self, user_id: str) -> list[LiveReply]:
         return self.local.in_flight(user_id)
@@ -196,8 +194,9 @@ class PgReplyBus:
 
     async def _ask_seqs(self, by_owner: dict[str, list[str]]) -> dict[str, int]:
         loop = asyncio.get_running_loop()
-        waiting = {rid: self._seq_answers.setdefault(rid, loop.create_future())
-                   for rids in by_owner.values() for rid in rids}
+        waiting = {rid: loop.create_future() for rids in by_owner.values() for rid in rids}
+        for rid, future in waiting.items():
+            self._seq_answers.setdefault(rid, []).append(future)
         for owner, rids in by_owner.items():
             for first in range(0, len(rids), 100):  # 100 ids fit a record well
                 self._send(process_channel(owner), rec.SeqQuery(self.owner, rids[first:first + 100]))
@@ -205,8 +204,11 @@ class PgReplyBus:
             await asyncio.wait(list(waiting.values()), timeout=SEQ_ANSWER_S)
         finally:
             for rid, future in waiting.items():
-                if self._seq_answers.get(rid) is future:
-                    del self._seq_answers[rid]
+                waiters = self._seq_answers.get(rid, [])
+                if future in waiters:
+                    waiters.remove(future)
+                if not waiters:
+                    self._seq_answers.pop(rid, None)
         return {rid: future.result() for rid, future in waiting.items() if future.done() and not future.cancelled()}
 
     def _mirror(self, reply_id: str, user_id: str, conversation_id: str, reply_to: str, owner: str) -> Mirror:
@@ -355,9 +357,9 @@ class PgReplyBus:
                 self._send(process_channel(record.owner), rec.SeqAnswer(rid, reply.seq))
 
     def _on_seq_answer(self, record: rec.SeqAnswer) -> None:
-        future = self._seq_answers.get(record.reply_id)
-        if future is not None and not future.done():
-            future.set_result(record.seq)
+        for future in self._seq_answers.get(record.reply_id, ()):
+            if not future.done():
+                future.set_result(record.seq)
 
     def _on_interest(self, record: rec.Interest) -> None:
         reply_id = record.reply_id
@@ -391,8 +393,9 @@ class PgReplyBus:
             stored = MessageRecord(reply.id, reply.conversation_id, 0, "assistant", reply.content, status, None,
                                    reply.reply_to, utcnow(), error=record.error)
             await self._end_mirror(mirror, Outcome(stored))
-        elif status not in STORED:
-            await self._end_mirror(mirror, Outcome(None, ErrorCode(status)))
+        elif status not in STORED:  # a failure code; one this release does not know is `internal`
+            failure = ErrorCode(status) if status in ErrorCode._value2member_map_ else ErrorCode.INTERNAL
+            await self._end_mirror(mirror, Outcome(None, failure))
         else:
             await self._check(mirror)
 

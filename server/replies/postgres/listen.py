@@ -136,16 +136,16 @@ class ListenConnection:
             self._failed(len(payloads))
 
     async def _one_by_one(self, conn: asyncpg.Connection, out: dict[str, list[bytes]]) -> None:
-        for channel, encoded in out.items():
-            for record in encoded:
-                try:
-                    await self._notify(conn, [channel], records.pack([record]))
-                except asyncpg.PostgresError:
-                    log.error("PostgreSQL refused a notification record of %d bytes", len(record), exc_info=True)
-                    metrics.NOTIFY_DROPPED.inc()
-                except Exception:
-                    self._failed(1)
-                    return
+        left = [(channel, record) for channel, encoded in out.items() for record in encoded]
+        for sent, (channel, record) in enumerate(left):
+            try:
+                await self._notify(conn, [channel], records.pack([record]))
+            except asyncpg.PostgresError:
+                log.error("PostgreSQL refused a notification record of %d bytes", len(record), exc_info=True)
+                metrics.NOTIFY_DROPPED.inc()
+            except Exception:
+                self._failed(len(left) - sent)  # this one and the rest
+                return
 
     async def _notify(self, conn: asyncpg.Connection, channels: list[str], payloads: list[str]) -> None:
         async with self._lock:
@@ -257,3 +257,4 @@ class ListenConnection:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._conn.close(), 2)
             self._conn = None
+        metrics.NOTIFY_CONNECTED.set(0)

@@ -18,6 +18,7 @@ reads it from the database).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -176,16 +177,39 @@ def encode(record: Record) -> bytes:
 
 
 def decode(raw: Any) -> Record | None:
-    """A record from its JSON form; None for a kind, version or shape this release does not know."""
+    """A record from its JSON form; None for a kind, version or shape this release does not know
+    (a field too many or too few, or of another type)."""
     if not isinstance(raw, list) or len(raw) < 2:
         return None
     cls = KINDS.get(raw[0]) if isinstance(raw[0], str) else None
     if cls is None or raw[1] != cls.VERSION:
         return None
-    try:
-        return cls(*raw[2:])
-    except TypeError:  # a field too many or too few
+    fields = raw[2:]
+    shape = _SHAPES[cls]
+    if not len(shape) - _DEFAULTED[cls] <= len(fields) <= len(shape):
         return None
+    if not all(_fits(value, kind) for value, kind in zip(fields, shape, strict=False)):
+        return None
+    return cls(*fields)
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "str | None":
+        return value is None or isinstance(value, str)
+    if kind == "list[str]":
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    raise AssertionError(f"no check for a field of type {kind}")
+
+
+# Each kind's field types, in order, as annotated (strings: `from __future__ import annotations`),
+# and how many trailing fields have defaults.
+_SHAPES = {cls: tuple(str(f.type) for f in dataclasses.fields(cls)) for cls in KINDS.values()}
+_DEFAULTED = {cls: sum(f.default is not dataclasses.MISSING for f in dataclasses.fields(cls))
+              for cls in KINDS.values()}
 
 
 def pack(encoded: list[bytes], limit: int = MAX_PAYLOAD) -> list[str]:
