@@ -52,6 +52,7 @@ class MessageRecord:
     completion_tokens: int | None = None
     first_token_ms: int | None = None
     error: str | None = None
+    parent_id: str | None = None  # the message it follows in its conversation's tree (None: a root)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,15 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class Regeneration:
+    """A `regenerate` frame's client_id, the user message it answers again, and its reply."""
+
+    client_id: str
+    user_message_id: str
+    reply_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Orphan:
     """A reply whose process went away before it was stored."""
 
@@ -86,9 +96,9 @@ class Orphan:
 
 def unsaved(*, message_id: str, conversation_id: str, role: str, content: str, status: str,
             client_id: str | None = None, reply_to: str | None = None, now: datetime | None = None,
-            stats: ReplyMeta | None = None) -> MessageRecord:
+            stats: ReplyMeta | None = None, parent_id: str | None = None) -> MessageRecord:
     """A message to append: its seq is the conversation's next, taken when it is stored."""
     meta = stats or ReplyMeta()
     return MessageRecord(message_id, conversation_id, 0, role, content, status, client_id, reply_to,
                          now or utcnow(), meta.model, meta.prompt_tokens, meta.completion_tokens,
-                         meta.first_token_ms, meta.error)
+                         meta.first_token_ms, meta.error, parent_id)

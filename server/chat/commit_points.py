@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,10 @@ STORE_ATTEMPTS = 3  # a reply is the one thing a turn cannot send again: retry a
 
 class ConversationNotFound(Exception):
     pass
+
+
+class MessageNotFound(Exception):
+    """A parent_id (or reply_to) that names no message of this user's conversation."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,15 +58,17 @@ async def accept_message(db: Database, user_id: str, frame: MessageFrame, curren
     return accepted
 
 
-def _user_message(frame: MessageFrame, conversation_id: str) -> MessageRecord:
+def _user_message(frame: MessageFrame, conversation_id: str, parent_id: str | None = None) -> MessageRecord:
     return unsaved(message_id=new_id(), conversation_id=conversation_id, role="user", content=frame.content,
-                   status="complete", client_id=frame.client_id)
+                   status="complete", client_id=frame.client_id, parent_id=parent_id)
 
 
 async def _append_to_conversation(db: Database, user_id: str, frame: MessageFrame,
                                   current: str | None, claim: Claim) -> Accepted | None:
     """The common cases in one write: a new message to a conversation the user has, or the
     first message of a new one. None when nothing was written (see `_accept`)."""
+    if frame.parent_id is not ABSENT:
+        return None  # an edit: the full unit
     conversation_id = frame.conversation_id if frame.conversation_id is not ABSENT else current
     if conversation_id is not None and not known_id(conversation_id):
         return None
@@ -84,6 +91,8 @@ def _accept(user_id: str, frame: MessageFrame, current: str | None, claim: Claim
         original = _original(store, user_id, frame)
         if original is not None:
             return original
+        if frame.parent_id is not ABSENT:
+            return _edit(store, user_id, frame, current, claim)
         explicit = frame.conversation_id is not ABSENT
         conversation_id = frame.conversation_id if explicit else current
         if explicit and conversation_id is not None and not known_id(conversation_id):
@@ -111,19 +120,54 @@ def _accept(user_id: str, frame: MessageFrame, current: str | None, claim: Claim
     return work
 
 
+def _edit(store: Store, user_id: str, frame: MessageFrame, current: str | None, claim: Claim) -> Accepted:
+    """A message under an explicit parent (None: a new root): the parent's conversation unless
+    one is named (then it must be the parent's)."""
+    parent_id: str | None = frame.parent_id
+    named = frame.conversation_id if frame.conversation_id is not ABSENT else None
+    if parent_id is not None:
+        parent = store.message_of(user_id, parent_id)
+        if parent is None or (named is not None and named != parent.conversation_id):
+            raise MessageNotFound(parent_id)
+        conversation_id: str | None = parent.conversation_id
+    else:
+        conversation_id = named or (current if frame.conversation_id is ABSENT else None)
+    if conversation_id is None:  # a root with no conversation to put it in: a new one
+        started = store.start_conversation(_user_message(frame, new_id()), user_id, claim)
+        if started is None:
+            raise IntegrityError("client_id", None, Exception("used meanwhile"))  # the caller's second pass
+        return Accepted(started, duplicate=False)
+    if not known_id(conversation_id):
+        raise ConversationNotFound(conversation_id)
+    stored = store.append_child(_user_message(frame, conversation_id, parent_id), user_id, claim)
+    if stored is not None:
+        return Accepted(stored, duplicate=False)
+    original = _original(store, user_id, frame)
+    if original is not None:
+        return original
+    if parent_id is None:
+        raise ConversationNotFound(conversation_id)
+    raise MessageNotFound(parent_id)
+
+
 def _original(store: Store, user_id: str, frame: MessageFrame) -> Accepted | None:
-    """The message this frame's client_id already names, if any: a duplicate."""
+    """The message this frame's client_id already names, if any: a duplicate. (A regenerate's
+    client_id names the user message it answered again: its ack repeats this frame's client_id.)"""
     if frame.client_id is None:
         return None
     original = store.by_client_id(user_id, frame.client_id)
-    return None if original is None else Accepted(original, duplicate=True)
+    if original is None:
+        return None
+    if original.client_id != frame.client_id:
+        original = dataclasses.replace(original, client_id=frame.client_id)
+    return Accepted(original, duplicate=True)
 
 
 async def store_reply(db: Database, user_id: str, reply_to: MessageRecord, reply_id: str, content: str,
                       status: str, meta: ReplyMeta) -> MessageRecord | None:
     """Commit the assistant's reply; None when its conversation was deleted meanwhile."""
     message = unsaved(message_id=reply_id, conversation_id=reply_to.conversation_id, role="assistant",
-                      content=content, status=status, reply_to=reply_to.id, stats=meta)
+                      content=content, status=status, reply_to=reply_to.id, stats=meta, parent_id=reply_to.id)
     for attempt in range(STORE_ATTEMPTS):
         try:
             reply = await db.append_message(message, user_id)
@@ -147,14 +191,19 @@ async def claim_again(db: Database, user_id: str, message: MessageRecord, claim:
     With leases (PostgreSQL, lease_grace_s set) the record is taken over only from this process
     or a dead one. Without (SQLite: one process, one writer), this process is the only one alive,
     and the unit sees whether the message is still there."""
-    if lease_grace_s is None:
-        def work(store: Store) -> str:
+    def work(store: Store) -> str:
+        if lease_grace_s is None:
             if store.message_of(user_id, message.id) is None:
                 return "gone"
             store.claim_reply(message, user_id, claim)
-            return "claimed"
+            claimed = "claimed"
+        else:
+            claimed = leases.take_over(store, claim.owner, lease_grace_s, message_id=message.id,
+                                       reply_id=claim.reply_id, conversation_id=message.conversation_id,
+                                       user_id=user_id)
+        if claimed == "claimed":
+            # The new reply is its earlier one's sibling; it becomes the leaf as that one was.
+            store.lead_back_to(message)
+        return claimed
 
-        return await db.write(work)
-    return await db.write(lambda store: leases.take_over(
-        store, claim.owner, lease_grace_s, message_id=message.id, reply_id=claim.reply_id,
-        conversation_id=message.conversation_id, user_id=user_id))
+    return await db.write(work)

@@ -19,6 +19,7 @@ from server import metrics
 from server.chat.backends import Backend, BackendError, ContextMessage, ModelRequest, ReplyStats
 from server.chat.commit_points import store_reply
 from server.config import Settings
+from server.db import tree
 from server.db.uow import Database, DatabaseUnavailable
 from server.domain import MessageRecord, ReplyMeta
 from server.protocol.codes import ErrorCode
@@ -145,7 +146,7 @@ async def _context(deps: ReplyDeps, message: MessageRecord) -> list[ContextMessa
     wanted = deps.backend.context_messages
     if not wanted:
         return []
-    page, _ = await deps.db.read(lambda store: store.page(message.conversation_id, message.seq, wanted))
+    page = await deps.db.read(lambda store: tree.context_path(store, message, wanted))
     return [ContextMessage(m.role, m.content, m.status) for m in page]
 
 

@@ -19,15 +19,26 @@ from server.auth import LEEWAY_S, Identity
 from server.chat.limits import TokenBucket
 from server.chat.services import Services
 from server.chat.turn_runner import TurnInProgress, TurnRunner
+from server.db import tree
 from server.db.store import InvalidBefore, NotFound
 from server.db.uow import DatabaseUnavailable
 from server.protocol import frames, outgoing
 from server.protocol.codes import CloseCode, ErrorCode
-from server.protocol.frames import CancelFrame, FrameError, HistoryFrame, MessageFrame, ResumeFrame
+from server.protocol.frames import (
+    CancelFrame,
+    FrameError,
+    HistoryFrame,
+    MessageFrame,
+    RegenerateFrame,
+    ResumeFrame,
+    SelectFrame,
+)
 from server.replies.follower import Follower
 from server.replies.sink import ClientSocket, Disconnected
 
 log = logging.getLogger(__name__)
+
+TurnFrame = MessageFrame | RegenerateFrame  # what queues as a turn
 
 class ChatSession:
     def __init__(self, channel: ClientSocket, services: Services, identity: Identity, sync: bool = False):
@@ -37,7 +48,7 @@ class ChatSession:
         self.user_id = identity.user_id
         self.sync = sync  # hears the user's other sockets (?sync=1)
         self.conversation_id: str | None = None
-        self.waiting: list[MessageFrame] = []  # at most max_waiting + 1: a list is the smallest queue
+        self.waiting: list[TurnFrame] = []  # at most max_waiting + 1: a list is the smallest queue
         self.turn: TurnInProgress | None = None
         self.closing = False
         self.worker: asyncio.Task[None] | None = None
@@ -170,7 +181,7 @@ class ChatSession:
             except FrameError as e:
                 await self._refuse(e)
                 continue
-            if isinstance(frame, MessageFrame):
+            if isinstance(frame, MessageFrame | RegenerateFrame):  # a turn
                 if self.svc.limits.allow_message(self.user_id):
                     await self._enqueue(frame)
                 elif not await self._refuse_over_rate(frame):
@@ -179,28 +190,43 @@ class ChatSession:
                 self._cancel(frame)  # the socket's own turn: no read, no broadcast
             elif not self.svc.limits.allow_read(self.user_id):
                 limit = self.svc.settings.reads_per_minute
-                await self._refuse(FrameError(ErrorCode.RATE_LIMITED, f"more than {limit} resume, history and "
-                                              "cancel frames a minute; wait, then send it again"))
+                await self._refuse(FrameError(ErrorCode.RATE_LIMITED, f"more than {limit} resume, history, "
+                                              "select and cancel frames a minute; wait, then send it again"))
             elif isinstance(frame, CancelFrame):
                 self._cancel(frame)
             else:
                 await self._read_only(frame)
 
-    async def _read_only(self, frame: ResumeFrame | HistoryFrame) -> None:
-        """A frame answered from what is stored or in flight; the database's failure gets one answer."""
+    async def _read_only(self, frame: ResumeFrame | HistoryFrame | SelectFrame) -> None:
+        """A frame answered from what is stored or in flight (or, select, a move of the leaf); the
+        database's failure gets one answer."""
         try:
             if isinstance(frame, ResumeFrame):
                 await self._resume(frame)
+            elif isinstance(frame, SelectFrame):
+                await self._select(frame)
             else:
                 await self.sink.send(await self._history(frame))
         except DatabaseUnavailable:
             await self.sink.send(outgoing.unavailable())
 
+    async def _select(self, frame: SelectFrame) -> None:
+        """Make the branch through a message current; this socket and the user's sync sockets
+        (every process) hear `selected`."""
+        try:
+            leaf = await self.svc.db.write(
+                lambda store: tree.select_branch(store, frame.conversation_id, self.user_id, frame.message_id))
+        except NotFound:
+            await self._refuse(FrameError(ErrorCode.NOT_FOUND, frames.NO_SUCH_MESSAGE))
+            return
+        await self.sink.send(outgoing.selected(frame.conversation_id, leaf))
+        self.svc.bus.announce_selected(self.user_id, frame.conversation_id, leaf, self.sink)
+
     async def _refuse(self, e: FrameError) -> None:
         metrics.MESSAGES_REFUSED.labels(e.code.value).inc()
         await self.sink.send(outgoing.error(e.code, e.detail, e.client_id))
 
-    async def _refuse_over_rate(self, frame: MessageFrame) -> bool:
+    async def _refuse_over_rate(self, frame: TurnFrame) -> bool:
         """Answer a message over the user's rate with rate_limited; False when, instead, the socket
         was closed because its client keeps ignoring that answer."""
         if not self.strikes.take():
@@ -212,7 +238,7 @@ class ChatSession:
                                       "wait, then send it again", frame.client_id))
         return True
 
-    async def _enqueue(self, frame: MessageFrame) -> None:
+    async def _enqueue(self, frame: TurnFrame) -> None:
         # Up to max_waiting wait behind the turn in progress (which may not have been taken yet).
         room = self.svc.settings.max_waiting + (0 if self.turn is not None else 1)
         if len(self.waiting) >= room:
@@ -262,13 +288,15 @@ class ChatSession:
             return outgoing.error(ErrorCode.INVALID, "history needs a conversation_id: this socket has no "
                                   "conversation yet")
         try:
-            page, has_more = await self.svc.db.read(
-                lambda store: store.history(conversation_id, self.user_id, frame.before, frame.limit))
-        except NotFound:
-            return outgoing.error(ErrorCode.NOT_FOUND, frames.NO_SUCH_CONVERSATION)
+            page = await self.svc.db.read(lambda store: tree.branch(
+                store, conversation_id, self.user_id, frame.before, frame.limit, frame.leaf))
+        except NotFound as e:
+            missing = frames.NO_SUCH_MESSAGE if frame.leaf is not None and e.args == (frame.leaf,) \
+                else frames.NO_SUCH_CONVERSATION
+            return outgoing.error(ErrorCode.NOT_FOUND, missing)
         except InvalidBefore:
             return outgoing.error(ErrorCode.INVALID, frames.INVALID_BEFORE)
-        return outgoing.history(conversation_id, page, has_more)
+        return outgoing.history(conversation_id, page.messages, page.has_more, page.leaf_id, page.siblings)
 
     # -- turns ---------------------------------------------------------------------------------
     async def _work(self) -> None:
@@ -277,7 +305,10 @@ class ChatSession:
             frame = self.waiting.pop(0)
             self.turn = turn = TurnInProgress()
             try:
-                message = await self.runner.run(frame, self, self.conversation_id, turn)
+                if isinstance(frame, RegenerateFrame):
+                    message = await self.runner.regenerate(frame, self, turn)
+                else:
+                    message = await self.runner.run(frame, self, self.conversation_id, turn)
                 if message is not None:
                     self.conversation_id = message.conversation_id
             except Disconnected:

@@ -7,17 +7,19 @@ reply bus, so it runs in-process in tests with a fake sink, a fake backend and a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 
 from server import metrics
-from server.chat.commit_points import ConversationNotFound, accept_message, claim_again
+from server.chat.commit_points import ConversationNotFound, MessageNotFound, accept_message, claim_again
 from server.chat.producer import ReplyDeps, produce
+from server.chat.regenerations import RegenerationRefused, claim_regeneration
 from server.db.uow import DatabaseUnavailable
 from server.domain import Claim, MessageRecord, new_id
 from server.protocol import frames, outgoing
 from server.protocol.codes import ErrorCode
-from server.protocol.frames import MessageFrame
+from server.protocol.frames import MessageFrame, RegenerateFrame
 from server.replies.follower import Follower
 from server.replies.ports import ReplyFollowing, Watcher
 from server.replies.reply import DELETED_DETAIL, LiveReply, Outcome
@@ -25,6 +27,11 @@ from server.replies.reply import DELETED_DETAIL, LiveReply, Outcome
 log = logging.getLogger(__name__)
 
 DUPLICATE_WAIT_DETAIL = "the reply to this message is not ready yet; send it again with the same client_id"
+REGENERATE_REFUSALS = {
+    "not_found": (ErrorCode.NOT_FOUND, frames.NO_SUCH_MESSAGE),
+    "busy": (ErrorCode.BUSY, "a reply to this message is being generated; wait for its done, or cancel it"),
+    "used": (ErrorCode.INVALID, "this client_id was used by another message; use a new one"),
+}
 
 class TurnInProgress:
     """The turn in progress on a socket, so that a plain `cancel` can stop its reply, also before
@@ -61,6 +68,9 @@ class TurnRunner:
             accepted = await accept_message(self.deps.db, self.user_id, frame, current, claim)
         except ConversationNotFound:
             await self._refuse(to, ErrorCode.NOT_FOUND, frames.NO_SUCH_CONVERSATION, frame.client_id)
+            return None
+        except MessageNotFound:
+            await self._refuse(to, ErrorCode.NOT_FOUND, frames.NO_SUCH_MESSAGE, frame.client_id)
             return None
         except DatabaseUnavailable:
             log.warning("user message not stored: database unavailable (user %r)", self.user_id, exc_info=True)
@@ -132,8 +142,54 @@ class TurnRunner:
             await self._generate(reply, message, to, turn, received_at)
             return
 
+    async def regenerate(self, frame: RegenerateFrame, to: Watcher, turn: TurnInProgress) -> MessageRecord | None:
+        """A new reply to a stored user message, as a turn: ack once claimed, then the reply; a
+        resent client_id gets that regeneration's reply (a fresh one when it ended interrupted)."""
+        received_at = time.perf_counter()
+        again, acked = False, False
+        for _ in range(10):  # each pass follows a reply to its end: only interruptions come back here
+            claim = Claim(new_id(), self.owner)
+            try:
+                regen = await claim_regeneration(self.deps.db, self.user_id, frame.reply_to, frame.client_id,
+                                                 claim, again)
+            except RegenerationRefused as e:
+                code, detail = REGENERATE_REFUSALS[e.reason]
+                await self._refuse(to, code, detail, frame.client_id)
+                return None
+            except DatabaseUnavailable:
+                log.warning("regeneration not claimed: database unavailable (user %r)", self.user_id, exc_info=True)
+                await self._unavailable(to, frame.client_id)
+                return None
+            message = dataclasses.replace(regen.user_message, client_id=frame.client_id)
+            ack = None if acked else outgoing.regenerate_ack(message, frame.client_id, regen.duplicate)
+            acked = True
+            if not regen.duplicate:
+                reply = self.bus.claim(self.user_id, message, regen.reply_id)
+                if reply is None:  # one is in flight here although its record is not: answer busy
+                    await self._refuse(to, *REGENERATE_REFUSALS["busy"], frame.client_id)
+                    return None
+                await self._generate(reply, message, to, turn, received_at, preamble=ack, added=False)
+                return message
+            if ack is not None:
+                await to.sink.send(ack)
+            reply = await self.bus.locate(self.user_id, reply_id=regen.reply_id)
+            if reply is not None:
+                follower = self.bus.follow(reply, to.sink, 0, client_id=frame.client_id, hold_interrupted=True)
+                outcome = await self._follow_to_end(follower, to)
+                if outcome is None or not outcome.interrupted:
+                    return message
+            else:
+                reply_id = regen.reply_id
+                stored = await self.deps.db.read(lambda store, r=reply_id: store.message_of(self.user_id, r))  # type: ignore[misc]
+                if stored is not None and stored.status != "interrupted":
+                    await to.sink.send(outgoing.done(stored))
+                    return message
+            again = True  # it ended interrupted (or was never stored): a fresh reply for this client_id
+        await self._refuse(to, ErrorCode.UNAVAILABLE, DUPLICATE_WAIT_DETAIL, frame.client_id)
+        return None
+
     async def _generate(self, reply: LiveReply, message: MessageRecord, to: Watcher, turn: TurnInProgress,
-                        received_at: float, preamble: dict[str, object] | None = None) -> None:
+                        received_at: float, preamble: dict[str, object] | None = None, added: bool = True) -> None:
         bus = self.bus
         turn.reply = reply
         if turn.cancelled:
@@ -142,7 +198,7 @@ class TurnRunner:
         to.adopt(follower)
         await follower.pump()
         self.deps.bus.run(reply, produce(self.deps, reply, message, received_at))
-        await bus.announce(message, reply, to.sink)
+        await bus.announce(message, reply, to.sink, added=added)
         await follower.ended
 
     @staticmethod

@@ -87,16 +87,16 @@ class PgTurnWrites:
                                          reset=_nothing_to_reset)
         return cls(pool, settings.db_pool_timeout_s)
 
-    async def append(self, params: dict[str, Any], claiming: bool) -> int | None:
-        """store.py's append statement with `params` (p_<column> names): the message's seq, or
-        None when nothing was written (see `Store.append_message`)."""
+    async def append(self, params: dict[str, Any], claiming: bool) -> asyncpg.Record | None:
+        """store.py's append statement with `params` (p_<column> names): the message's seq and
+        parent_id, or None when nothing was written (see `Store.append_message`)."""
         return await self._run(APPEND_CLAIMING if claiming else APPEND_RELEASING, params)
 
-    async def start(self, params: dict[str, Any]) -> int | None:
-        """store.py's conversation start with `params`: 1, or None when the client_id was used."""
+    async def start(self, params: dict[str, Any]) -> asyncpg.Record | None:
+        """store.py's conversation start with `params`: seq 1, or None when the client_id was used."""
         return await self._run(START_CONVERSATION, params)
 
-    async def _run(self, statement: _Compiled, params: dict[str, Any]) -> int | None:
+    async def _run(self, statement: _Compiled, params: dict[str, Any]) -> asyncpg.Record | None:
         args = statement.args(params)
         start = time.perf_counter()
         # With a connection idle, acquiring does not wait: no timeout (and its timer and task).
@@ -104,7 +104,7 @@ class PgTurnWrites:
         try:
             async with self._pool.acquire(timeout=timeout) as conn:
                 try:
-                    seq: int | None = await conn.fetchval(statement.sql, *args)
+                    row: asyncpg.Record | None = await conn.fetchrow(statement.sql, *args)
                 except TimeoutError:
                     conn.terminate()  # it may be stuck for good (a partition): never back into the pool
                     raise
@@ -122,7 +122,7 @@ class PgTurnWrites:
             raise DatabaseUnavailable(str(e) or type(e).__name__) from e
         metrics.DB_COMMITS.inc()
         metrics.DB_COMMIT_SECONDS.observe(time.perf_counter() - start)
-        return seq
+        return row
 
     def checked_out(self) -> int:
         return self._pool.get_size() - self._pool.get_idle_size()

@@ -41,6 +41,9 @@ conversations = Table(
     # The highest `seq` given to a message of this conversation. Taking the next one is an
     # UPDATE of this row, so concurrent writers to one conversation queue on its row lock.
     Column("last_seq", Integer, nullable=False),
+    # The current leaf: the message that history ends at and that a new message follows
+    # (NULL: none yet). Always a stored message of the conversation.
+    Column("leaf_id", ID, nullable=True),
     Index("ix_conversations_user_updated", "user_id", "updated_at"),
 )
 
@@ -63,12 +66,16 @@ messages = Table(
     Column("completion_tokens", Integer, nullable=True),
     Column("first_token_ms", Integer, nullable=True),
     Column("error", Text, nullable=True),  # why a reply with status "error" failed
+    # The message it follows in the tree (NULL: a root). No foreign key: only a whole
+    # conversation is ever deleted, and a key would cost each insert a lookup and a lock.
+    Column("parent_id", ID, nullable=True),
     UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),
     # The idempotency key is unique per user in the database, not only in the server's memory.
     UniqueConstraint("user_id", "client_id", name="uq_messages_user_client_id"),
     CheckConstraint("role IN ('user', 'assistant')", name="role"),
     CheckConstraint("status IN ('complete', 'cancelled', 'error', 'interrupted')", name="status"),
     Index("ix_messages_reply_to", "reply_to"),
+    Index("ix_messages_conversation_id_parent", "conversation_id", "parent_id"),  # siblings, children
 )
 
 # One row per reply being generated, written in the same statement as its user message and
@@ -94,6 +101,18 @@ replies_in_flight = Table(
 # One row per live chat-server process (PostgreSQL; UNLOGGED there: soft state). A process renews
 # its lease every heartbeat; one whose lease ran out, or whose named session left PostgreSQL and
 # whose heartbeat went stale, is dead: a live process stores its replies in flight as interrupted.
+# A `regenerate` frame's client_id and the reply it asked for, written with the claim on that
+# reply (before the ack): a resend of the client_id finds it, in flight or stored.
+regenerations = Table(
+    "regenerations",
+    metadata,
+    Column("user_id", USER_ID, primary_key=True),
+    Column("client_id", String(64), primary_key=True),
+    Column("user_message_id", ID, nullable=False),
+    Column("reply_id", ID, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 process_leases = Table(
     "process_leases",
     metadata,

@@ -12,11 +12,22 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, and_, bindparam, delete, exists, insert, literal_column, or_, select, text, update
+from sqlalchemy import Select, and_, bindparam, case, delete, exists, insert, literal_column, or_, select, text, update
 from sqlalchemy.engine import Connection
 
-from server.db.schema import conversations, messages, replies_in_flight, server_secrets
-from server.domain import Claim, MessageRecord, Orphan, ReplyMeta, iso, new_id, title_from, unsaved, utcnow
+from server.db.schema import conversations, messages, regenerations, replies_in_flight, server_secrets
+from server.domain import (
+    Claim,
+    MessageRecord,
+    Orphan,
+    Regeneration,
+    ReplyMeta,
+    iso,
+    new_id,
+    title_from,
+    unsaved,
+    utcnow,
+)
 
 PAGE_CONTENT_BYTES = 1 << 20  # docs/protocol.md: a history page holds about 1 MiB of content at most
 
@@ -36,6 +47,7 @@ MESSAGE_COLUMNS = (
     messages.c.completion_tokens,
     messages.c.first_token_ms,
     messages.c.error,
+    messages.c.parent_id,
 )
 
 
@@ -46,24 +58,32 @@ _INSERT_CONVERSATION = insert(conversations)
 _INSERT_MESSAGE = insert(messages)
 # A conversation's updated_at is when its person last wrote in it: a user message moves it, a reply
 # does not. updated_at is indexed (the conversation list's order), so an UPDATE that changes it
-# writes new index entries, while one that changes only last_seq is a HOT update: about a sixth
-# of PostgreSQL's work per turn, measured (docs/benchmarks.md).
+# writes new index entries, while one that changes only last_seq (and leaf_id) is a HOT update:
+# about a sixth of PostgreSQL's work per turn, measured (docs/benchmarks.md).
+# The leaf: a user message becomes the conversation's current leaf; a reply becomes it only while
+# the leaf is still the message it answers (a `select` or an edit made while it streamed stands).
 # Parameters are named p_<column>: a key named like a column of `conversations` would be added to
 # the UPDATE's SET clause by SQLAlchemy.
-def _next_seq(moves_updated_at: bool, unless_client_id_used: bool = False) -> Any:
-    """Take the conversation's next seq (RETURNING it); no row when it is not the user's (or,
-    `unless_client_id_used`, when the message's client_id was used before)."""
+def _next_seq(user_message: bool, unless_client_id_used: bool = False, where: Any = None) -> Any:
+    """Take the conversation's next seq (RETURNING it) and move its leaf; no row when it is not
+    the user's (or, `unless_client_id_used`, when the message's client_id was used before)."""
     c = conversations.c
-    moved: dict[str, Any] = {"updated_at": _p("p_created_at")} if moves_updated_at else {}
+    if user_message:
+        moved: dict[str, Any] = {"updated_at": _p("p_created_at"), "leaf_id": _p("p_id")}
+    else:
+        moved = {"leaf_id": case((c.leaf_id == _p("p_reply_to"), _p("p_id")), else_=c.leaf_id)}
     guard = [~_client_id_used()] if unless_client_id_used else []
+    conditions = [c.id == _p("p_conversation_id"), c.user_id == _p("p_user_id")] if where is None else [where]
     return (update(conversations)
-            .where(c.id == _p("p_conversation_id"), c.user_id == _p("p_user_id"), *guard)
+            .where(*conditions, *guard)
             .values(last_seq=c.last_seq + 1, **moved)
             .returning(c.last_seq))
 
 
-_NEXT_SEQ = _next_seq(moves_updated_at=True)  # a user message
-_NEXT_SEQ_OF_REPLY = _next_seq(moves_updated_at=False)
+_NEXT_SEQ = _next_seq(user_message=True)
+_NEXT_SEQ_OF_REPLY = _next_seq(user_message=False)
+_LEAF_OF = select(conversations.c.leaf_id).where(conversations.c.id == _p("p_conversation_id"),
+                                                 conversations.c.user_id == _p("p_user_id"))
 _OWNS: Select[Any] = select(literal_column("1")).where(conversations.c.id == _p("p_conversation"),
                                                       conversations.c.user_id == _p("p_user"))
 _BY_CLIENT_ID = select(*MESSAGE_COLUMNS).where(messages.c.user_id == _p("p_user"),
@@ -80,19 +100,31 @@ def _append_statement(claiming: bool) -> Any:
     INSERT, COMMIT. The UPDATE matches no row, so nothing is inserted, when the conversation is
     not the user's or the client_id was used before (a NULL client_id never matches).
 
+    A user message follows the conversation's current leaf, read under the row's lock (FOR NO
+    KEY UPDATE, which the UPDATE takes anyway): two messages sent at once to one conversation
+    are chained, never siblings by accident. A reply's parent is the message it answers.
+
     The same statement keeps `replies_in_flight` true: a user message adds the row of the reply
     it is owed (claiming), a reply removes its own, so knowing what a dead process left costs no
     extra commit.
     """
     f = replies_in_flight.c
-    next_seq = _next_seq(moves_updated_at=claiming, unless_client_id_used=True).cte("next_seq")
-    appended = _insert_message(seq=next_seq.c.last_seq).cte("appended")
-    if claiming:
-        return _claiming(appended)
-    landed = (delete(replies_in_flight)
-              .where(f.user_message_id == _p("p_reply_to"), f.reply_id == _p("p_id"))
-              .cte("landed"))
-    return select(appended.c.seq).add_cte(landed)
+    if not claiming:
+        next_seq = _next_seq(user_message=False, unless_client_id_used=True).cte("next_seq")
+        appended = _insert_message(seq=next_seq.c.last_seq).cte("appended")
+        landed = (delete(replies_in_flight)
+                  .where(f.user_message_id == _p("p_reply_to"), f.reply_id == _p("p_id"))
+                  .cte("landed"))
+        return select(appended.c.seq, appended.c.parent_id).add_cte(landed)
+    c = conversations.c
+    locked = (select(c.id, c.leaf_id)
+              .where(c.id == _p("p_conversation_id"), c.user_id == _p("p_user_id"), ~_client_id_used())
+              .with_for_update(key_share=True)
+              .cte("locked"))
+    next_seq = (_next_seq(user_message=True, where=c.id == locked.c.id)
+                .returning(c.last_seq, locked.c.leaf_id.label("old_leaf"))
+                .cte("next_seq"))
+    return _claiming(_insert_message(seq=next_seq.c.last_seq, parent_id=next_seq.c.old_leaf).cte("appended"))
 
 
 def _start_statement() -> Any:
@@ -101,10 +133,11 @@ def _start_statement() -> Any:
     the client_id was used before (the caller then finds the original)."""
     c = conversations.c
     started = (insert(conversations)
-               .from_select(["id", "user_id", "title", "created_at", "updated_at", "last_seq"],
+               .from_select(["id", "user_id", "title", "created_at", "updated_at", "last_seq", "leaf_id"],
                             select(_p("p_conversation_id", type_=c.id.type), _p("p_user_id", type_=c.user_id.type),
                                    _p("p_title", type_=c.title.type), _p("p_created_at", type_=c.created_at.type),
-                                   _p("p_created_at", type_=c.updated_at.type), literal_column("1"))
+                                   _p("p_created_at", type_=c.updated_at.type), literal_column("1"),
+                                   _p("p_id", type_=c.leaf_id.type))
                             .where(~_client_id_used()))
                .returning(c.id)
                .cte("started"))
@@ -113,21 +146,25 @@ def _start_statement() -> Any:
 
 
 def _client_id_used() -> Any:
-    """Whether the user sent this client_id before (a NULL one never matches)."""
-    m = messages.c
-    return exists().where(m.user_id == _p("p_user_id"), m.client_id == _p("p_client_id"))
+    """Whether the user sent this client_id before, with a message or a regenerate (one namespace;
+    a NULL one never matches)."""
+    m, r = messages.c, regenerations.c
+    return or_(exists().where(m.user_id == _p("p_user_id"), m.client_id == _p("p_client_id")),
+               exists().where(r.user_id == _p("p_user_id"), r.client_id == _p("p_client_id")))
 
 
-def _insert_message(seq: Any, conversation_id: Any = None, source: Any = None) -> Any:
+def _insert_message(seq: Any, conversation_id: Any = None, source: Any = None, parent_id: Any = None) -> Any:
     """INSERT … SELECT of the message in the p_<column> parameters, at `seq` (an expression), in
-    `conversation_id` (an expression; by default its parameter), one row per row of `source`."""
+    `conversation_id` and under `parent_id` (expressions; by default their parameters), one row
+    per row of `source`."""
     m = messages.c
     columns = [*MESSAGE_COLUMNS, m.user_id]
+    given = {"seq": seq, "conversation_id": conversation_id, "parent_id": parent_id}
     # Typed parameters, so that asyncpg is told each one's type in the SELECT list.
-    values = [seq if col is m.seq else conversation_id if col is m.conversation_id and conversation_id is not None
-              else _p(f"p_{col.name}", type_=col.type) for col in columns]
+    values = [given[col.name] if given.get(col.name) is not None else _p(f"p_{col.name}", type_=col.type)
+              for col in columns]
     rows = select(*values) if source is None else select(*values).select_from(source)
-    return insert(messages).from_select([col.name for col in columns], rows).returning(m.seq, m.id)
+    return insert(messages).from_select([col.name for col in columns], rows).returning(m.seq, m.id, m.parent_id)
 
 
 def _claiming(appended: Any) -> Any:
@@ -139,7 +176,7 @@ def _claiming(appended: Any) -> Any:
                _p("p_conversation_id", type_=f.conversation_id.type), _p("p_user_id", type_=f.user_id.type),
                _p("p_owner", type_=f.owner.type), _p("p_created_at", type_=f.started_at.type),
                literal_column("''"))).cte("flight")
-    return select(appended.c.seq).add_cte(flight)
+    return select(appended.c.seq, appended.c.parent_id).add_cte(flight)
 
 
 APPEND_CLAIMING = _append_statement(claiming=True)  # a user message
@@ -157,7 +194,7 @@ def _row(message: MessageRecord, user_id: str) -> dict[str, Any]:
             "client_id": message.client_id, "reply_to": message.reply_to, "created_at": message.created_at,
             "model": message.model, "prompt_tokens": message.prompt_tokens,
             "completion_tokens": message.completion_tokens, "first_token_ms": message.first_token_ms,
-            "error": message.error}
+            "error": message.error, "parent_id": message.parent_id}
 
 
 def append_params(message: MessageRecord, user_id: str, claim: Claim | None) -> dict[str, Any]:
@@ -199,13 +236,13 @@ class Store:
             "updated_at": now, "last_seq": 1})
         return conversation_id
 
-    def next_seq(self, conversation_id: str, user_id: str, now: datetime | None) -> int | None:
-        """Reserve the conversation's next position, and move its updated_at to `now` (None: a
-        reply, which leaves it); None when it is not this user's."""
-        params = {"p_conversation_id": conversation_id, "p_user_id": user_id}
-        if now is None:
-            return self.conn.execute(_NEXT_SEQ_OF_REPLY, params).scalar()
-        return self.conn.execute(_NEXT_SEQ, {**params, "p_created_at": now}).scalar()
+    def _take_seq(self, message: MessageRecord, user_id: str) -> int | None:
+        """Reserve the conversation's next position for `message` and move the leaf as its role
+        says (see _next_seq); None when the conversation is not this user's."""
+        params = {"p_conversation_id": message.conversation_id, "p_user_id": user_id, "p_id": message.id}
+        if message.role == "user":
+            return self.conn.execute(_NEXT_SEQ, {**params, "p_created_at": message.created_at}).scalar()
+        return self.conn.execute(_NEXT_SEQ_OF_REPLY, {**params, "p_reply_to": message.reply_to}).scalar()
 
     def owns_conversation(self, conversation_id: str, user_id: str) -> bool:
         result = self.conn.execute(_OWNS, {"p_conversation": conversation_id, "p_user": user_id})
@@ -247,10 +284,14 @@ class Store:
     def add_message(self, *, message_id: str, conversation_id: str, user_id: str, seq: int, role: str,
                     content: str, status: str, client_id: str | None, reply_to: str | None,
                     now: datetime, stats: ReplyMeta | None = None) -> MessageRecord:
+        """Insert a message at `seq`, following the conversation's leaf, and make it the leaf (for
+        tests and tools that build a conversation by hand; the server appends)."""
+        leaf = self.conn.execute(select(conversations.c.leaf_id).where(conversations.c.id == conversation_id)).scalar()
         message = dataclasses.replace(unsaved(
             message_id=message_id, conversation_id=conversation_id, role=role, content=content, status=status,
-            client_id=client_id, reply_to=reply_to, now=now, stats=stats), seq=seq)
+            client_id=client_id, reply_to=reply_to, now=now, stats=stats, parent_id=leaf), seq=seq)
         self.conn.execute(_INSERT_MESSAGE, _row(message, user_id))
+        self.conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(leaf_id=message_id))
         return message
 
     def append_message(self, message: MessageRecord, user_id: str, claim: Claim | None = None) -> MessageRecord | None:
@@ -266,20 +307,46 @@ class Store:
         the same steps run one by one, in the writer's transaction."""
         if self.conn.dialect.name == "postgresql":
             statement = APPEND_CLAIMING if claim is not None else APPEND_RELEASING
-            seq = self.conn.execute(statement, append_params(message, user_id, claim)).scalar()
+            row = self.conn.execute(statement, append_params(message, user_id, claim)).first()
+            return None if row is None else dataclasses.replace(message, seq=row.seq, parent_id=row.parent_id)
+        if message.client_id is not None and self.by_client_id(user_id, message.client_id) is not None:
+            return None
+        seq = None
+        if message.role == "user":  # it follows the current leaf (the writer's transaction is the lock)
+            found = self.conn.execute(_LEAF_OF, {"p_conversation_id": message.conversation_id,
+                                                 "p_user_id": user_id}).first()
+            if found is not None:
+                message = dataclasses.replace(message, parent_id=found.leaf_id)
+                seq = self._take_seq(message, user_id)
         else:
-            if message.client_id is not None and self.by_client_id(user_id, message.client_id) is not None:
-                return None
-            moved_at = message.created_at if message.role == "user" else None  # see _next_seq
-            seq = self.next_seq(message.conversation_id, user_id, moved_at)
-            if seq is not None:
-                self.conn.execute(_INSERT_MESSAGE, {**_row(message, user_id), "seq": seq})
-                if claim is not None:
-                    self.conn.execute(_INSERT_IN_FLIGHT, _flight_row(message, user_id, claim))
-            if claim is None and message.reply_to is not None:
-                # Even when nothing was stored (the conversation is gone), as the statement does.
-                self.conn.execute(_DELETE_IN_FLIGHT, {"p_message": message.reply_to, "p_reply": message.id})
-        return None if seq is None else dataclasses.replace(message, seq=seq)
+            seq = self._take_seq(message, user_id)
+        if seq is not None:
+            message = dataclasses.replace(message, seq=seq)
+            self.conn.execute(_INSERT_MESSAGE, _row(message, user_id))
+            if claim is not None:
+                self.conn.execute(_INSERT_IN_FLIGHT, _flight_row(message, user_id, claim))
+        if claim is None and message.reply_to is not None:
+            # Even when nothing was stored (the conversation is gone), as the statement does.
+            self.conn.execute(_DELETE_IN_FLIGHT, {"p_message": message.reply_to, "p_reply": message.id})
+        return None if seq is None else message
+
+    def append_child(self, message: MessageRecord, user_id: str, claim: Claim) -> MessageRecord | None:
+        """Append a user message under `message.parent_id` (None: a new root), an edit, which
+        becomes the leaf; None, and nothing written, when the conversation is not this user's,
+        the parent is not a message of it, or the client_id was used before. Step by step on
+        both databases (an edit is rare): inside a unit of work."""
+        if message.client_id is not None and self.by_client_id(user_id, message.client_id) is not None:
+            return None
+        if message.parent_id is not None and self.conn.execute(_SEQ_OF, {
+                "p_message": message.parent_id, "p_conversation": message.conversation_id}).first() is None:
+            return None
+        seq = self._take_seq(message, user_id)
+        if seq is None:
+            return None
+        message = dataclasses.replace(message, seq=seq)
+        self.conn.execute(_INSERT_MESSAGE, _row(message, user_id))
+        self.conn.execute(_INSERT_IN_FLIGHT, _flight_row(message, user_id, claim))
+        return message
 
     def start_conversation(self, message: MessageRecord, user_id: str, claim: Claim) -> MessageRecord | None:
         """A new conversation (`message.conversation_id`, titled from its content) with `message`
@@ -290,14 +357,14 @@ class Store:
         if self.conn.dialect.name == "postgresql":
             params = {**append_params(message, user_id, claim), "p_title": title_from(message.content)}
             seq = self.conn.execute(START_CONVERSATION, params).scalar()
-            return None if seq is None else dataclasses.replace(message, seq=seq)
+            return None if seq is None else dataclasses.replace(message, seq=seq, parent_id=None)
         if message.client_id is not None and self.by_client_id(user_id, message.client_id) is not None:
             return None
         now = message.created_at
         self.conn.execute(_INSERT_CONVERSATION, {
             "id": message.conversation_id, "user_id": user_id, "title": title_from(message.content),
-            "created_at": now, "updated_at": now, "last_seq": 1})
-        stored = dataclasses.replace(message, seq=1)
+            "created_at": now, "updated_at": now, "last_seq": 1, "leaf_id": message.id})
+        stored = dataclasses.replace(message, seq=1, parent_id=None)
         self.conn.execute(_INSERT_MESSAGE, _row(stored, user_id))
         self.conn.execute(_INSERT_IN_FLIGHT, _flight_row(stored, user_id, claim))
         return stored
@@ -356,8 +423,52 @@ class Store:
         return MessageRecord(*row) if row else None
 
     def by_client_id(self, user_id: str, client_id: str) -> MessageRecord | None:
+        """The message sent with that client_id; for a regenerate's, the user message it answered again."""
         row = self.conn.execute(_BY_CLIENT_ID, {"p_user": user_id, "p_client": client_id}).first()
-        return MessageRecord(*row) if row else None
+        if row is not None:
+            return MessageRecord(*row)
+        regeneration = self.regeneration(user_id, client_id)
+        return None if regeneration is None else self.message_of(user_id, regeneration.user_message_id)
+
+    def regeneration(self, user_id: str, client_id: str) -> Regeneration | None:
+        r = regenerations.c
+        row = self.conn.execute(select(r.user_message_id, r.reply_id)
+                                .where(r.user_id == user_id, r.client_id == client_id)).first()
+        return None if row is None else Regeneration(client_id, row.user_message_id, row.reply_id)
+
+    def remember_regeneration(self, user_id: str, regeneration: Regeneration, now: datetime) -> None:
+        """Record (or, for a fresh reply after an interrupted one, move) a regenerate's client_id."""
+        r = regenerations.c
+        moved = self.conn.execute(update(regenerations)
+                                  .where(r.user_id == user_id, r.client_id == regeneration.client_id)
+                                  .values(reply_id=regeneration.reply_id).returning(r.reply_id)).first()
+        if moved is None:
+            self.conn.execute(insert(regenerations).values(
+                user_id=user_id, client_id=regeneration.client_id, user_message_id=regeneration.user_message_id,
+                reply_id=regeneration.reply_id, created_at=now))
+
+    def in_flight_for(self, user_message_id: str) -> str | None:
+        """The reply in flight to that message, if any (its claim's reply id)."""
+        f = replies_in_flight.c
+        return self.conn.execute(select(f.reply_id).where(f.user_message_id == user_message_id)).scalar()
+
+    def lead_back_to(self, user_message: MessageRecord) -> None:
+        """A new reply to `user_message` is claimed: the leaf comes back to the message while it
+        is one of the message's replies (an interrupted one) or the message itself, so that the
+        new reply becomes the leaf when it is stored; a branch chosen since then stands."""
+        c, m = conversations.c, messages.c
+        self.conn.execute(update(conversations)
+                          .where(c.id == user_message.conversation_id,
+                                 or_(c.leaf_id == user_message.id,
+                                     c.leaf_id.in_(select(m.id).where(m.reply_to == user_message.id))))
+                          .values(leaf_id=user_message.id))
+
+    def point_leaf_at(self, conversation_id: str, user_id: str, message_id: str) -> bool:
+        """Make `message_id` the leaf (taking the conversation's row lock); False when the
+        conversation is not the user's."""
+        c = conversations.c
+        return self.conn.execute(update(conversations).where(c.id == conversation_id, c.user_id == user_id)
+                                 .values(leaf_id=message_id).returning(c.id)).first() is not None
 
     def replies_to(self, message_id: str) -> list[MessageRecord]:
         return [MessageRecord(*row) for row in self.conn.execute(_REPLIES_TO, {"p_message": message_id})]
@@ -389,18 +500,6 @@ class Store:
         finally:
             result.close()
         return list(reversed(rows)), has_more
-
-    def history(self, conversation_id: str, user_id: str, before: str | None,
-                limit: int) -> tuple[list[MessageRecord], bool]:
-        """A page of the user's conversation, as the history frame and the HTTP API give it."""
-        if not self.owns_conversation(conversation_id, user_id):
-            raise NotFound(conversation_id)
-        before_seq = None
-        if before is not None:
-            before_seq = self.seq_of(before, conversation_id)
-            if before_seq is None:
-                raise InvalidBefore(before)
-        return self.page(conversation_id, before_seq, limit)
 
     # -- server secrets ---------------------------------------------------------------------------
     def get_or_create_secret(self, name: str, make: str) -> str:

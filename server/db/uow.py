@@ -64,8 +64,8 @@ class Database:
         On SQLite it is a unit like any other."""
         if self.turn_writes is None:
             return await self.write(lambda store: store.append_message(message, user_id, claim))
-        seq = await self.turn_writes.append(append_params(message, user_id, claim), claiming=claim is not None)
-        return None if seq is None else dataclasses.replace(message, seq=seq)
+        row = await self.turn_writes.append(append_params(message, user_id, claim), claiming=claim is not None)
+        return None if row is None else dataclasses.replace(message, seq=row[0], parent_id=row[1])
 
     async def start_conversation(self, message: MessageRecord, user_id: str, claim: Claim) -> MessageRecord | None:
         """`Store.start_conversation`, committed when it returns: one statement on PostgreSQL
@@ -74,8 +74,8 @@ class Database:
             return await self.write(lambda store: store.start_conversation(message, user_id, claim))
         params = append_params(message, user_id, claim)
         params["p_title"] = title_from(message.content)
-        seq = await self.turn_writes.start(params)
-        return None if seq is None else dataclasses.replace(message, seq=seq)
+        row = await self.turn_writes.start(params)
+        return None if row is None else dataclasses.replace(message, seq=row[0], parent_id=None)
 
     async def read(self, work: Work[T]) -> T:
         return await self._run(work, commit=False)

@@ -19,6 +19,7 @@ _BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
 NO_SUCH_CONVERSATION = "no such conversation"
 INVALID_BEFORE = "before is not a message of this conversation"
 NO_SUCH_REPLY = "no such reply"
+NO_SUCH_MESSAGE = "no such message"
 
 
 def storable(text: str) -> bool:
@@ -48,6 +49,19 @@ class MessageFrame:
     content: str
     conversation_id: Any = ABSENT  # ABSENT, None (a new conversation) or an id
     client_id: str | None = None
+    parent_id: Any = ABSENT  # ABSENT (follow the current leaf), None (a new root: an edit) or an id
+
+
+@dataclass(frozen=True, slots=True)
+class RegenerateFrame:
+    reply_to: str  # the user message to answer again
+    client_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SelectFrame:
+    conversation_id: str
+    message_id: str  # the branch through it becomes current
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +81,10 @@ class HistoryFrame:
     conversation_id: str | None  # None: absent (or null), the socket's current conversation
     before: str | None
     limit: int
+    leaf: str | None = None  # the path to this message instead of the current branch
 
 
-ClientFrame = MessageFrame | CancelFrame | HistoryFrame | ResumeFrame
+ClientFrame = MessageFrame | CancelFrame | HistoryFrame | ResumeFrame | RegenerateFrame | SelectFrame
 
 
 class FrameError(Exception):
@@ -100,8 +115,12 @@ def parse(raw: str, max_chars: int) -> ClientFrame:
         return _history(obj)
     if kind == "resume":
         return _resume(obj)
-    raise FrameError(ErrorCode.INVALID,
-                     f"unknown frame type {kind[:40]!r}; expected message, cancel, resume or history")
+    if kind == "regenerate":
+        return _regenerate(obj)
+    if kind == "select":
+        return _select(obj)
+    raise FrameError(ErrorCode.INVALID, f"unknown frame type {kind[:40]!r}; expected message, cancel, resume, "
+                     "history, regenerate or select")
 
 
 def _loads_strictly_valid(raw: str, orjson_error: Exception) -> Any:
@@ -115,7 +134,8 @@ def _loads_strictly_valid(raw: str, orjson_error: Exception) -> Any:
                          ) from None
 
 
-def _message(obj: dict[str, Any], max_chars: int) -> MessageFrame:
+def _client_id(obj: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(the client_id, the one to repeat in an error): checked as the idempotency key it is."""
     client_id = obj.get("client_id")
     echo_id = client_id if isinstance(client_id, str) else None
     if client_id is not None:
@@ -125,6 +145,11 @@ def _message(obj: dict[str, Any], max_chars: int) -> MessageFrame:
             raise FrameError(ErrorCode.INVALID, f"client_id must be 1 to {MAX_CLIENT_ID} characters", echo_id)
         if not storable(client_id):
             raise FrameError(ErrorCode.INVALID, "client_id holds a NUL character or a lone surrogate", echo_id)
+    return client_id, echo_id
+
+
+def _message(obj: dict[str, Any], max_chars: int) -> MessageFrame:
+    client_id, echo_id = _client_id(obj)
     conversation_id = obj.get("conversation_id", ABSENT)
     if conversation_id is not ABSENT and conversation_id is not None:
         if not isinstance(conversation_id, str):
@@ -134,9 +159,35 @@ def _message(obj: dict[str, Any], max_chars: int) -> MessageFrame:
         # client_id check, without a query (server/chat/commit_points.py).
         if not storable(conversation_id):
             raise FrameError(ErrorCode.NOT_FOUND, NO_SUCH_CONVERSATION, echo_id)
+    parent_id = obj.get("parent_id", ABSENT)
+    if parent_id is not ABSENT and parent_id is not None:
+        if not isinstance(parent_id, str):
+            raise FrameError(ErrorCode.INVALID, "parent_id must be a message id (a string) or null", echo_id)
+        if not known_id(parent_id):
+            raise FrameError(ErrorCode.NOT_FOUND, NO_SUCH_MESSAGE, echo_id)
     if "content" not in obj:
         raise FrameError(ErrorCode.INVALID, "message needs a string field 'content'", echo_id)
-    return MessageFrame(_content(obj["content"], max_chars, echo_id), conversation_id, client_id)
+    return MessageFrame(_content(obj["content"], max_chars, echo_id), conversation_id, client_id, parent_id)
+
+
+def _regenerate(obj: dict[str, Any]) -> RegenerateFrame:
+    client_id, echo_id = _client_id(obj)
+    reply_to = obj.get("reply_to")
+    if not isinstance(reply_to, str):
+        raise FrameError(ErrorCode.INVALID, "regenerate needs reply_to: the id of your message to answer again",
+                         echo_id)
+    if not known_id(reply_to):
+        raise FrameError(ErrorCode.NOT_FOUND, NO_SUCH_MESSAGE, echo_id)
+    return RegenerateFrame(reply_to, client_id)
+
+
+def _select(obj: dict[str, Any]) -> SelectFrame:
+    conversation_id, message_id = obj.get("conversation_id"), obj.get("message_id")
+    if not isinstance(conversation_id, str) or not isinstance(message_id, str):
+        raise FrameError(ErrorCode.INVALID, "select needs conversation_id and message_id (strings)")
+    if not known_id(conversation_id) or not known_id(message_id):
+        raise FrameError(ErrorCode.NOT_FOUND, NO_SUCH_MESSAGE)
+    return SelectFrame(conversation_id, message_id)
 
 
 def _content(content: Any, max_chars: int, client_id: str | None) -> str:
@@ -197,4 +248,9 @@ def _history(obj: dict[str, Any]) -> HistoryFrame:
         limit = DEFAULT_HISTORY_LIMIT
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_HISTORY_LIMIT:
         raise FrameError(ErrorCode.INVALID, f"limit must be an integer from 1 to {MAX_HISTORY_LIMIT}")
-    return HistoryFrame(conversation_id, before, limit)
+    leaf = obj.get("leaf")
+    if leaf is not None and not isinstance(leaf, str):
+        raise FrameError(ErrorCode.INVALID, "leaf must be a message id (a string)")
+    if leaf is not None and not known_id(leaf):
+        raise FrameError(ErrorCode.NOT_FOUND, NO_SUCH_MESSAGE)
+    return HistoryFrame(conversation_id, before, limit, leaf)

@@ -52,7 +52,13 @@ def ready(user_id: str, conversation_id: str | None, token: str | None,
 
 def ack(message: MessageRecord, duplicate: bool) -> dict[str, Any]:
     return {"type": "ack", "client_id": message.client_id, "conversation_id": message.conversation_id,
-            "message_id": message.id, "duplicate": duplicate}
+            "message_id": message.id, "parent_id": message.parent_id, "duplicate": duplicate}
+
+
+def regenerate_ack(user_message: MessageRecord, client_id: str | None, duplicate: bool) -> dict[str, Any]:
+    """A regeneration's ack: its new reply to `user_message` is claimed, durably."""
+    return {"type": "ack", "client_id": client_id, "conversation_id": user_message.conversation_id,
+            "message_id": user_message.id, "regenerate": True, "duplicate": duplicate}
 
 
 def start(conversation_id: str, reply_id: str, reply_to: str) -> dict[str, Any]:
@@ -65,7 +71,7 @@ def delta(reply_id: str, seq: int, content: str) -> dict[str, Any]:
 
 def done(reply: MessageRecord) -> dict[str, Any]:
     frame: dict[str, Any] = {"type": "done", "conversation_id": reply.conversation_id, "message_id": reply.id,
-                             "status": reply.status, "content": reply.content}
+                             "reply_to": reply.reply_to, "status": reply.status, "content": reply.content}
     if reply.status == "error":
         frame["error"] = reply.error or "the reply failed"
     return frame
@@ -74,7 +80,7 @@ def done(reply: MessageRecord) -> dict[str, Any]:
 def message(m: MessageRecord) -> dict[str, Any]:
     """A stored message as `history` (and `message_added`) carry it."""
     out: dict[str, Any] = {"id": m.id, "role": m.role, "content": m.content, "status": m.status,
-                           "client_id": m.client_id, "created_at": iso(m.created_at)}
+                           "client_id": m.client_id, "created_at": iso(m.created_at), "parent_id": m.parent_id}
     if m.role == "assistant":
         out["reply_to"] = m.reply_to
         out["model"] = m.model
@@ -85,9 +91,16 @@ def message(m: MessageRecord) -> dict[str, Any]:
     return out
 
 
-def history(conversation_id: str, messages: list[MessageRecord], has_more: bool) -> dict[str, Any]:
-    return {"type": "history", "conversation_id": conversation_id, "messages": [message(m) for m in messages],
-            "has_more": has_more}
+def history(conversation_id: str, messages: list[MessageRecord], has_more: bool, leaf_id: str | None,
+            siblings: dict[str, list[str]]) -> dict[str, Any]:
+    """A page of a branch: each message with the ids of its siblings (itself included)."""
+    return {"type": "history", "conversation_id": conversation_id,
+            "messages": [{**message(m), "siblings": siblings.get(m.id, [m.id])} for m in messages],
+            "has_more": has_more, "leaf_id": leaf_id}
+
+
+def selected(conversation_id: str, leaf_id: str) -> dict[str, Any]:
+    return {"type": "selected", "conversation_id": conversation_id, "leaf_id": leaf_id}
 
 
 def message_added(m: MessageRecord) -> dict[str, Any]:

@@ -188,17 +188,23 @@ class LocalReplyBus:
             if not watchers:
                 del self._watchers[user_id]
 
-    async def announce(self, message: MessageRecord, reply: LiveReply, origin: Sink) -> None:
+    async def announce(self, message: MessageRecord, reply: LiveReply, origin: Sink, added: bool = True) -> None:
         watchers = self._watchers.get(reply.user_id)
         if not watchers:
             return
-        added = outgoing.message_added(message)
+        preamble = outgoing.message_added(message) if added else None
         for watcher in list(watchers):
             if watcher.sink is origin:
                 continue
-            follower = self.follow(reply, watcher.sink, 0, preamble=added)
+            follower = self.follow(reply, watcher.sink, 0, preamble=preamble)
             watcher.adopt(follower)
             await follower.pump()
+
+    def announce_selected(self, user_id: str, conversation_id: str, leaf_id: str, origin: Sink | None) -> None:
+        frame = outgoing.selected(conversation_id, leaf_id)
+        for watcher in list(self._watchers.get(user_id, ())):
+            if watcher.sink is not origin:
+                watcher.event(frame)
 
     def announce_deleted(self, user_id: str, conversation_id: str) -> None:
         frame = outgoing.conversation_deleted(conversation_id)

@@ -71,8 +71,13 @@ class ReplyFollowing(Protocol):
 
     def unwatch(self, user_id: str, watcher: Watcher) -> None: ...
 
-    async def announce(self, message: MessageRecord, reply: LiveReply, origin: Sink) -> None:
-        """A user message committed on `origin`: its user's other sync sockets follow its reply."""
+    async def announce(self, message: MessageRecord, reply: LiveReply, origin: Sink, added: bool = True) -> None:
+        """A user message committed on `origin` (`added`), or a regeneration of one claimed there:
+        its user's other sync sockets follow its reply (after `message_added` when it is new)."""
+        ...
+
+    def announce_selected(self, user_id: str, conversation_id: str, leaf_id: str, origin: Sink | None) -> None:
+        """A branch was selected: the user's sync sockets (but `origin`) hear `selected`."""
         ...
 
 

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.auth import AuthError, Identity, bearer_token
 from server.chat.services import Services
+from server.db import tree
 from server.db.store import InvalidBefore, NotFound
 from server.db.uow import DatabaseUnavailable
 from server.protocol import outgoing
@@ -20,6 +21,7 @@ from server.protocol.frames import (
     INVALID_BEFORE,
     MAX_HISTORY_LIMIT,
     NO_SUCH_CONVERSATION,
+    NO_SUCH_MESSAGE,
     known_id,
 )
 from server.resources import static_dir
@@ -74,19 +76,35 @@ async def list_conversations(svc: Svc, user: User, before: str | None = None,
 @router.get("/api/conversations/{conversation_id}/messages")
 async def list_messages(conversation_id: str, svc: Svc, user: User, before: str | None = None,
                         limit: Annotated[int, Query(ge=1, le=MAX_HISTORY_LIMIT)] = DEFAULT_HISTORY_LIMIT,
-                        ) -> dict[str, Any]:
+                        leaf: str | None = None) -> dict[str, Any]:
+    """A page of the current branch (or of the path to `leaf`), as the history frame has it."""
     if not known_id(conversation_id):  # too long, or a NUL (%00): cannot name anything stored
         raise HTTPException(404, NO_SUCH_CONVERSATION)
     if before is not None and not known_id(before):
         raise HTTPException(400, INVALID_BEFORE)
+    if leaf is not None and not known_id(leaf):
+        raise HTTPException(404, NO_SUCH_MESSAGE)
     try:
-        page, has_more = await svc.db.read(lambda store: store.history(conversation_id, user.user_id, before, limit))
-    except NotFound:
-        raise HTTPException(404, NO_SUCH_CONVERSATION) from None
+        page = await svc.db.read(lambda store: tree.branch(store, conversation_id, user.user_id, before, limit, leaf))
+    except NotFound as e:
+        raise HTTPException(404, NO_SUCH_MESSAGE if leaf is not None and e.args == (leaf,)
+                            else NO_SUCH_CONVERSATION) from None
     except InvalidBefore:
         raise HTTPException(400, INVALID_BEFORE) from None
-    return {"conversation_id": conversation_id, "messages": [outgoing.message(m) for m in page],
-            "has_more": has_more}
+    frame = outgoing.history(conversation_id, page.messages, page.has_more, page.leaf_id, page.siblings)
+    del frame["type"]
+    return frame
+
+
+@router.get("/api/conversations/{conversation_id}/tree")
+async def conversation_tree(conversation_id: str, svc: Svc, user: User) -> dict[str, Any]:
+    """The whole tree without contents, oldest first, and the current leaf."""
+    if not known_id(conversation_id):
+        raise HTTPException(404, NO_SUCH_CONVERSATION)
+    try:
+        return await svc.db.read(lambda store: tree.tree(store, conversation_id, user.user_id))
+    except NotFound:
+        raise HTTPException(404, NO_SUCH_CONVERSATION) from None
 
 
 @router.delete("/api/conversations/{conversation_id}", status_code=204)

@@ -20,11 +20,13 @@ from sqlalchemy.exc import IntegrityError
 from support.client import aio
 
 from server.config import Settings
+from server.db import tree
 from server.db.engine import make_engine
 from server.db.migrate import alembic_config, head_revision, upgrade_to_head
 from server.db.schema import metadata
+from server.db.uow import Database
 
-TABLES = {"conversations", "messages", "process_leases", "replies_in_flight", "server_secrets"}
+TABLES = {"conversations", "messages", "process_leases", "regenerations", "replies_in_flight", "server_secrets"}
 
 
 async def on_db(url: str, fn: Callable[[Connection], Any]) -> Any:
@@ -254,3 +256,37 @@ async def test_replies_in_flight_keep_their_rows_through_0005_and_its_downgrade(
     assert await sql(migrated, "SELECT user_message_id FROM replies_in_flight") == [(message_id,)]
     with pytest.raises(IntegrityError):
         await sql(migrated, in_flight, m="gone", r="r-2", c="gone too")
+
+
+@aio
+async def test_0006_gives_stored_conversations_their_parents_in_stored_order_and_the_newest_as_leaf(migrated):
+    """A database written before branches (revision 0005: no parent_id, no leaf), as that release
+    wrote it: turns, an interrupted reply and its resend's reply, and a second user."""
+    await on_db(migrated, alembic(downgrade, "0005"))
+    first = await add_conversation(migrated)
+    written = [await add_message(migrated, first, seq, role=role, status=status)
+               for seq, role, status in [(1, "user", "complete"), (2, "assistant", "interrupted"),
+                                         (3, "assistant", "complete"), (4, "user", "complete"),
+                                         (5, "assistant", "complete")]]
+    second = await add_conversation(migrated, user_id="u-2")
+    lonely = await add_message(migrated, second, 1, user_id="u-2")
+    empty = await add_conversation(migrated)
+
+    await on_db(migrated, alembic(upgrade, "head"))
+
+    assert await on_db(migrated, schema_diff) == []
+    parents = dict(await sql(migrated, "SELECT id, parent_id FROM messages WHERE conversation_id = :c", c=first))
+    assert [parents[m] for m in written] == [None, *written[:-1]]
+    assert await sql(migrated, "SELECT parent_id FROM messages WHERE id = :m", m=lonely) == [(None,)]
+    leaves = dict(await sql(migrated, "SELECT id, leaf_id FROM conversations"))
+    assert leaves == {first: written[-1], second: lonely, empty: None}
+    # And the branch the server reads is the stored order, whole.
+    settings = Settings(database_url=migrated)
+    db = Database(make_engine(settings))
+    try:
+        page = await db.read(lambda store: tree.branch(store, first, "u-1", None, 50))
+        assert [m.id for m in page.messages] == written and page.leaf_id == written[-1]
+    finally:
+        await db.dispose()
+    await on_db(migrated, alembic(downgrade, "0005"))  # and back, keeping every message
+    assert len(await sql(migrated, "SELECT id FROM messages")) == 6

@@ -116,6 +116,11 @@ class SteppedModel:
         self._free = True
         self._changed.set()
 
+    def hold(self) -> None:
+        """Pieces wait for `give` (or `end`) again."""
+        self._free = False
+        self._allowed = 0
+
     async def stream(self, turn: ModelRequest) -> AsyncIterator[str]:
         turn.stats.model = self.name
         try:

@@ -78,6 +78,7 @@ class PgReplyBus:
             rec.Interest: self._on_interest, rec.Uninterest: self._on_uninterest, rec.Stop: self._on_stop,
             rec.StopConversation: self._on_stop_conversation, rec.Deleted: self._on_deleted,
             rec.Announce: self._on_announce, rec.SeqQuery: self._on_seq_query, rec.SeqAnswer: self._on_seq_answer,
+            rec.Selected: self._on_selected,
         }
 
     async def start(self, database_url: str, tick_s: float, connect_timeout_s: float = 10.0) -> None:
@@ -287,9 +288,14 @@ class PgReplyBus:
         self.local.announce_deleted(user_id, conversation_id)
         self._send(BROADCAST, rec.Deleted(user_id, conversation_id))
 
-    async def announce(self, message: MessageRecord, reply: LiveReply, origin: Sink) -> None:
-        await self.local.announce(message, reply, origin)
-        self._send(BROADCAST, rec.Announce(self.owner, reply.user_id, message.id, reply.id, reply.conversation_id))
+    async def announce(self, message: MessageRecord, reply: LiveReply, origin: Sink, added: bool = True) -> None:
+        await self.local.announce(message, reply, origin, added)
+        self._send(BROADCAST, rec.Announce(self.owner, reply.user_id, message.id, reply.id, reply.conversation_id,
+                                           0 if added else 1))
+
+    def announce_selected(self, user_id: str, conversation_id: str, leaf_id: str, origin: Sink | None) -> None:
+        self.local.announce_selected(user_id, conversation_id, leaf_id, origin)
+        self._send(BROADCAST, rec.Selected(user_id, conversation_id, leaf_id))
 
     async def swept(self, orphans: list[Orphan]) -> None:
         """Replies of a dead process, just stored as interrupted: tell whoever follows them."""
@@ -349,6 +355,9 @@ class PgReplyBus:
 
     def _on_deleted(self, record: rec.Deleted) -> None:
         self.local.announce_deleted(record.user_id, record.conversation_id)
+
+    def _on_selected(self, record: rec.Selected) -> None:
+        self.local.announce_selected(record.user_id, record.conversation_id, record.leaf_id, None)
 
     def _on_announce(self, record: rec.Announce) -> None:
         if self.local.watchers(record.user_id):
@@ -456,9 +465,9 @@ class PgReplyBus:
         if message is None or not watchers:
             return
         mirror = self._mirror(record.reply_id, user_id, record.conversation_id, record.message_id, record.owner)
-        added = outgoing.message_added(message)
+        preamble = None if record.regenerated else outgoing.message_added(message)
         for watcher in watchers:
-            follower = self.follow(mirror.reply, watcher.sink, 0, preamble=added)
+            follower = self.follow(mirror.reply, watcher.sink, 0, preamble=preamble)
             watcher.adopt(follower)
             await follower.pump()
 

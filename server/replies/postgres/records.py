@@ -75,6 +75,18 @@ class Announce:
     message_id: str
     reply_id: str
     conversation_id: str
+    regenerated: int = 0  # 1: a new reply to a stored message (no `message_added` before it)
+
+
+@dataclass(frozen=True, slots=True)
+class Selected:
+    """A branch of a conversation was selected: tell the user's sync sockets."""
+
+    KIND: ClassVar[str] = "b"
+    VERSION: ClassVar[int] = 1
+    user_id: str
+    conversation_id: str
+    leaf_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,10 +166,10 @@ class SeqAnswer:
 
 
 Record = (Stop | StopConversation | Deleted | Announce | Interest | Uninterest | Pieces | Finished | Gone | SeqQuery
-          | SeqAnswer)
+          | SeqAnswer | Selected)
 KINDS: dict[str, type[Record]] = {
     cls.KIND: cls for cls in (Stop, StopConversation, Deleted, Announce, Interest, Uninterest, Pieces, Finished, Gone,
-                              SeqQuery, SeqAnswer)
+                              SeqQuery, SeqAnswer, Selected)
 }
 
 
