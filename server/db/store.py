@@ -64,9 +64,11 @@ _INSERT_MESSAGE = insert(messages)
 # the leaf is still the message it answers (a `select` or an edit made while it streamed stands).
 # Parameters are named p_<column>: a key named like a column of `conversations` would be added to
 # the UPDATE's SET clause by SQLAlchemy.
-def _next_seq(user_message: bool, unless_client_id_used: bool = False, where: Any = None) -> Any:
-    """Take the conversation's next seq (RETURNING it) and move its leaf; no row when it is not
-    the user's (or, `unless_client_id_used`, when the message's client_id was used before)."""
+def _next_seq(user_message: bool, unless_client_id_used: bool = False, where: Any = None,
+              also_returning: tuple[Any, ...] = ()) -> Any:
+    """Take the conversation's next seq (RETURNING it, and `also_returning`) and move its leaf; no
+    row when it is not the user's (or, `unless_client_id_used`, when the message's client_id was
+    used before)."""
     c = conversations.c
     if user_message:
         moved: dict[str, Any] = {"updated_at": _p("p_created_at"), "leaf_id": _p("p_id")}
@@ -77,7 +79,7 @@ def _next_seq(user_message: bool, unless_client_id_used: bool = False, where: An
     return (update(conversations)
             .where(*conditions, *guard)
             .values(last_seq=c.last_seq + 1, **moved)
-            .returning(c.last_seq))
+            .returning(c.last_seq, *also_returning))
 
 
 _NEXT_SEQ = _next_seq(user_message=True)
@@ -97,8 +99,9 @@ def _append_statement(claiming: bool) -> Any:
     """PostgreSQL: take the conversation's next seq and insert the message in one statement.
 
     Sent on its own it is its own transaction: one round trip instead of BEGIN, SELECT, UPDATE,
-    INSERT, COMMIT. The UPDATE matches no row, so nothing is inserted, when the conversation is
-    not the user's or the client_id was used before (a NULL client_id never matches).
+    INSERT, COMMIT. For a user message, nothing is inserted when the conversation is not the
+    user's or the client_id was used before (a NULL client_id never matches); for a reply, when
+    the conversation is gone.
 
     A user message follows the conversation's current leaf, read under the row's lock (FOR NO
     KEY UPDATE, which the UPDATE takes anyway): two messages sent at once to one conversation
@@ -109,8 +112,8 @@ def _append_statement(claiming: bool) -> Any:
     extra commit.
     """
     f = replies_in_flight.c
-    if not claiming:
-        next_seq = _next_seq(user_message=False, unless_client_id_used=True).cte("next_seq")
+    if not claiming:  # a reply: it has no client_id of its own
+        next_seq = _next_seq(user_message=False).cte("next_seq")
         appended = _insert_message(seq=next_seq.c.last_seq).cte("appended")
         landed = (delete(replies_in_flight)
                   .where(f.user_message_id == _p("p_reply_to"), f.reply_id == _p("p_id"))
@@ -121,9 +124,8 @@ def _append_statement(claiming: bool) -> Any:
               .where(c.id == _p("p_conversation_id"), c.user_id == _p("p_user_id"), ~_client_id_used())
               .with_for_update(key_share=True)
               .cte("locked"))
-    next_seq = (_next_seq(user_message=True, where=c.id == locked.c.id)
-                .returning(c.last_seq, locked.c.leaf_id.label("old_leaf"))
-                .cte("next_seq"))
+    next_seq = _next_seq(user_message=True, where=c.id == locked.c.id,
+                         also_returning=(locked.c.leaf_id.label("old_leaf"),)).cte("next_seq")
     return _claiming(_insert_message(seq=next_seq.c.last_seq, parent_id=next_seq.c.old_leaf).cte("appended"))
 
 
