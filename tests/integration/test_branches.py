@@ -291,3 +291,30 @@ async def test_regenerate_while_a_reply_to_that_message_streams_is_busy(branches
         h.model.end()
         await started["task"]
         assert (await regenerate(h, started["message_id"], client_id="too-soon"))["done"]["status"] == "complete"
+
+
+@aio
+async def test_a_resend_after_an_interrupted_reply_adds_its_sibling_which_becomes_the_leaf(branches):
+    """The contract's idempotency rule on a tree: the interrupted reply stays stored, the fresh one
+    is its sibling, and history (the current branch) ends with the fresh one."""
+    async with branches(pieces=4) as h:
+        h.model.hold()
+        sink = FakeSink()
+        task = h.send("u1", sink, "cut me off", client_id="k-cut")
+        await sink.until(lambda s: bool(s.of("start")))
+        conversation = sink.of("ack")[0]["conversation_id"]
+        interrupted = sink.of("start")[0]["message_id"]
+        h.svc.bus.stop("u1", interrupted, "interrupted")  # as when its detached time runs out
+        await sink.until(lambda s: bool(s.of("done")))
+        await task
+        h.model.end()
+        again = await turn(h, "cut me off", client_id="k-cut")
+        assert again["ack"]["duplicate"] is True and again["done"]["status"] == "complete"
+        fresh = again["done"]["message_id"]
+        assert fresh != interrupted
+        branch = await path(h, conversation)
+        assert [m.id for m in branch.messages][1:] == [fresh] and branch.leaf_id == fresh
+        assert branch.siblings[fresh] == [interrupted, fresh]
+        statuses = {m["id"]: m["status"]
+                    for m in (await h.svc.db.read(lambda store: tree.tree(store, conversation, "u1")))["items"]}
+        assert statuses[interrupted] == "interrupted" and statuses[fresh] == "complete"
