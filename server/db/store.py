@@ -307,6 +307,8 @@ class Store:
         One statement on PostgreSQL, which can be sent without a transaction around it (the turn
         path sends it through asyncpg: pg_turn_writes.py). SQLite cannot update in a CTE: there
         the same steps run one by one, in the writer's transaction."""
+        if message.role == "assistant":  # a reply's parent is the message it answers, always
+            message = dataclasses.replace(message, parent_id=message.reply_to)
         if self.conn.dialect.name == "postgresql":
             statement = APPEND_CLAIMING if claim is not None else APPEND_RELEASING
             row = self.conn.execute(statement, append_params(message, user_id, claim)).first()
@@ -411,7 +413,8 @@ class Store:
         """Store what is known of a dead process's reply as `interrupted`, and release its claim."""
         return self.append_message(unsaved(
             message_id=orphan.reply_id, conversation_id=orphan.conversation_id, role="assistant",
-            content=orphan.content, status="interrupted", reply_to=orphan.user_message_id), orphan.user_id)
+            content=orphan.content, status="interrupted", reply_to=orphan.user_message_id,
+            parent_id=orphan.user_message_id), orphan.user_id)
 
     def message_of(self, user_id: str, message_id: str) -> MessageRecord | None:
         row = self.conn.execute(select(*MESSAGE_COLUMNS).where(messages.c.id == message_id,

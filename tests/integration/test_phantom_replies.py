@@ -125,6 +125,7 @@ async def test_claims_this_process_no_longer_runs_are_stored_as_interrupted(data
         assert left == {running.conversation_id, young.conversation_id, others.conversation_id}
         reply = await db.read(lambda s: s.latest_reply("u1", stale.id))
         assert reply is not None and reply.status == "interrupted" and reply.id == claimed[stale.conversation_id]
+        assert reply.parent_id == stale.id, "a swept reply hangs under its message in the tree"
         assert await sweep_own(db, "me", lambda _: False, min_age_s=3600) == []
     finally:
         await db.dispose()
