@@ -214,7 +214,7 @@ async def two_sockets_one_conversation(server) -> None:
 
         rest = Rest(server, a.token)
         assert [i["id"] for i in rest.conversations()] == [conv]
-        stored = rest.all_messages(conv)
+        stored = rest.every_message(conv)  # the whole tree, oldest first
         assert len(stored) == 40
         ids = [m["id"] for m in stored]
         assert len(set(ids)) == 40
@@ -229,6 +229,7 @@ async def two_sockets_one_conversation(server) -> None:
             asked = by_id[r["reply_to"]]
             assert asked["role"] == "user" and position[asked["id"]] < position[r["id"]]
             assert r["status"] == "complete" and r["content"] == ECHO + asked["content"]
+            assert r["parent_id"] == asked["id"]
 
         # Each socket sent its next message only after the previous reply was done, so on each
         # socket's own thread: message, its reply, next message, ... in stored order.
@@ -237,10 +238,20 @@ async def two_sockets_one_conversation(server) -> None:
             assert [position[i] for i in thread] == sorted(position[i] for i in thread)
             assert [by_id[t.ack["message_id"]]["content"] for t in turns] == texts
 
-        assert rest.all_messages(conv) == stored
-        assert page_backwards(rest, conv, limit=7) == stored
+        # On a tree (docs/protocol.md, "Branches"): each message followed the leaf as it was when
+        # it was stored, so nothing is orphaned: one root, every parent stored before its child,
+        # and the leaf a stored message; a reply stored after the other socket's next message
+        # hangs off the current branch, beside it.
+        tree = rest.tree(conv)
+        assert [m["id"] for m in stored if m["parent_id"] is None] == [first.ack["message_id"]]
+        assert all(position[m["parent_id"]] < position[m["id"]] for m in stored if m["parent_id"] is not None)
+        assert tree["leaf_id"] in position
+        branch = rest.all_messages(conv)
+        assert branch[-1]["id"] == tree["leaf_id"]
+        assert [m["id"] for m in branch] == [m["id"] for m in page_backwards(rest, conv, limit=7)]
+        assert all(b["parent_id"] == a["id"] for a, b in zip(branch, branch[1:], strict=False))
         h = await b.history(conv, limit=200)
-        assert h["messages"] == stored and h["has_more"] is False
+        assert [m["id"] for m in h["messages"]] == [m["id"] for m in branch] and h["has_more"] is False
     finally:
         await close_all([a, b])
 

@@ -190,8 +190,23 @@ class Rest:
     def messages(self, conversation_id: str, **params: Any) -> httpx.Response:
         return self.http.get(f"/api/conversations/{conversation_id}/messages", params=params)
 
-    def all_messages(self, conversation_id: str) -> list[dict[str, Any]]:
-        r = self.messages(conversation_id, limit=200)
+    def tree(self, conversation_id: str) -> dict[str, Any]:
+        r = self.http.get(f"/api/conversations/{conversation_id}/tree")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def every_message(self, conversation_id: str) -> list[dict[str, Any]]:
+        """Every message of the tree, whole, oldest first: the paths to all of its leaves."""
+        items = self.tree(conversation_id)["items"]
+        parents = {i["parent_id"] for i in items}
+        found: dict[str, dict[str, Any]] = {}
+        for leaf in (i["id"] for i in items if i["id"] not in parents):
+            for m in self.all_messages(conversation_id, leaf=leaf):
+                found[m["id"]] = m
+        return [found[i["id"]] for i in items]
+
+    def all_messages(self, conversation_id: str, **params: Any) -> list[dict[str, Any]]:
+        r = self.messages(conversation_id, limit=200, **params)
         assert r.status_code == 200, r.text
         return r.json()["messages"]
 
