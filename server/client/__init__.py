@@ -6,7 +6,10 @@
         reply = await chat.send("hello")                          # waits for `done`: a Reply
         async for piece in chat.stream("tell me more"):           # the reply's text, piece by piece
             print(piece, end="")
-        messages = await chat.history(reply.conversation_id)      # oldest first
+        messages = await chat.history(reply.conversation_id)      # oldest first: the current branch
+        edited = await chat.edit(messages[0], "hello again")      # a sibling of that message
+        again = await chat.regenerate(edited)                     # a new reply to the same message
+        await chat.select(reply.message_id)                       # back to the first branch
 
 Every message gets a `client_id` (the server's idempotency key). When the socket drops, the client
 reconnects with backoff and the same token, sends again what was not acknowledged, and follows
@@ -22,15 +25,20 @@ Errors are `ChatError`s carrying the contract's code (`invalid`, `too_large`, `n
 403/429 or close 1008/1013), `connection` (`ConnectionFailed`: no server after the retries),
 `timeout` (`ChatTimeout`, also a `TimeoutError`), `closed`. Every wait has a timeout.
 
+Branches: `edit()` sends a message beside one of the user's (same parent), `regenerate()` has a new
+reply generated to one (a turn too, with its own `client_id`: resent after a drop, it still makes
+exactly one reply), `select()` makes the branch through a message current, `history(leaf=...)`
+reads another branch, `tree()` lists every message of every branch (HTTP, with the client's token).
+
 The names below are the public API; the modules of this package are its inner parts.
 """
 
 from .chat_client import ChatClient
 from .errors import ChatError, ChatTimeout, ConnectionFailed, Refused
-from .results import Event, HistoryPage, Message, Reply, ReplyInFlight
+from .results import Event, HistoryPage, Message, Reply, ReplyInFlight, Tree, TreeNode
 from .stream import ReplyStream
 
 __all__ = [
     "ChatClient", "ChatError", "ChatTimeout", "ConnectionFailed", "Event", "HistoryPage", "Message",
-    "Refused", "Reply", "ReplyInFlight", "ReplyStream",
+    "Refused", "Reply", "ReplyInFlight", "ReplyStream", "Tree", "TreeNode",
 ]

@@ -2,7 +2,8 @@
 
 The connection opens sockets, the outbox sends (and sends again) what the client waits for, the
 dispatcher applies the server's frames to it, and `Pending` keeps the books. The client adopts each
-new socket and reads it until it closes, then reconnects or gives up.
+new socket and reads it until it closes, then reconnects or gives up. Branches (edit, regenerate,
+select, a conversation's tree) are turns and requests like the others; the tree alone is HTTP.
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
+from urllib.parse import quote
 
 from websockets.asyncio.client import ClientConnection
 
 from .connection import Connection
 from .dispatch import Dispatcher
-from .entries import CURRENT, CurrentConversation, Entry, HistoryRequest, Target
+from .entries import CURRENT, CurrentConversation, Entry, Parent, Request, Target
 from .errors import ChatError, ChatTimeout
 from .outbox import Outbox
 from .pending import Pending
-from .results import Event, HistoryPage, Message, Reply, ReplyInFlight
+from .rest import api_base, get_json
+from .results import Event, HistoryPage, Message, Reply, ReplyInFlight, Tree, TreeNode
 from .stream import ReplyStream
 
 log = logging.getLogger("server.client")
@@ -37,13 +40,15 @@ class ChatClient:
     other sockets (`events()`). `timeout`: the default wait for a reply or an answer.
     `connect_timeout`: one connection attempt. `retries`, `backoff`, `max_backoff`: how many times,
     and how far apart (doubling, with jitter), a connection is tried again before `ConnectionFailed`.
+    `http_url`: the HTTP API's base, for `tree()` (default: `url` as http(s), without its `/ws`).
     """
 
     def __init__(self, url: str, token: str | None = None, *, conversation_id: str | None = None,
                  sync: bool = False, timeout: float = 60.0, connect_timeout: float = 10.0, retries: int = 8,
                  backoff: float = 0.2, max_backoff: float = 5.0, headers: Mapping[str, str] | None = None,
-                 origin: str | None = None, ping_interval: float | None = 20.0) -> None:
+                 origin: str | None = None, ping_interval: float | None = 20.0, http_url: str | None = None) -> None:
         self.url, self.sync, self.timeout, self.connect_timeout = url, sync, timeout, connect_timeout
+        self.http_url = (http_url or api_base(url)).rstrip("/")
         self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
         self.headers, self.origin, self.ping_interval = dict(headers or {}), origin, ping_interval
         self._token = token
@@ -132,27 +137,108 @@ class ChatClient:
         self._dispatcher.end_events()
 
     # -- the public operations
-    def stream(self, content: str, *, conversation_id: Target = CURRENT, client_id: str | None = None,
-               timeout: float | None = None) -> ReplyStream:
+    def stream(self, content: str, *, conversation_id: Target = CURRENT, parent_id: Parent = CURRENT,
+               client_id: str | None = None, timeout: float | None = None) -> ReplyStream:
         """Send a message; iterate the result for the reply's pieces, or await it for the Reply.
         The message is sent when the iteration (or the await) begins.
 
         `conversation_id`: absent for the current conversation, None for a new one.
+        `parent_id`: absent to follow the conversation's current leaf, a message id to follow that
+        message (then, unless `conversation_id` is given, it goes to that message's conversation),
+        None for a new root of the conversation.
         `client_id`: the idempotency key (a fresh one when absent).
         """
         async def begin() -> Entry:
             self._check_usable()
-            entry = Entry("message", client_id=client_id or f"py-{uuid.uuid4().hex}", content=content,
-                          target=conversation_id)
-            await self._outbox.submit(entry)
-            return entry
+            return await self._submit(Entry("message", client_id=client_id or _new_client_id(), content=content,
+                                            target=conversation_id, parent=parent_id))
 
         return ReplyStream(self, begin, self.timeout if timeout is None else timeout)
 
-    async def send(self, content: str, *, conversation_id: Target = CURRENT, client_id: str | None = None,
-                   timeout: float | None = None) -> Reply:
+    async def send(self, content: str, *, conversation_id: Target = CURRENT, parent_id: Parent = CURRENT,
+                   client_id: str | None = None, timeout: float | None = None) -> Reply:
         """Send a message and wait for its stored reply."""
-        return await self.stream(content, conversation_id=conversation_id, client_id=client_id, timeout=timeout)
+        return await self.stream(content, conversation_id=conversation_id, parent_id=parent_id,
+                                 client_id=client_id, timeout=timeout)
+
+    def edit_stream(self, message: str | Message, content: str, *, conversation_id: str | None = None,
+                    client_id: str | None = None, timeout: float | None = None) -> ReplyStream:
+        """Send `content` in place of one of the user's messages: a new message with the same
+        parent (a sibling of it; the old one stays stored), whose branch becomes current. Iterate
+        the result for the reply's pieces, or await it for the Reply.
+
+        `message`: a `Message` (from `history()`), or a message id, looked up in `conversation_id`
+        (default: the current conversation) with one `history` request.
+        """
+        async def begin() -> Entry:
+            self._check_usable()
+            target: Target = CURRENT if conversation_id is None else conversation_id
+            if isinstance(message, Message):
+                original = message
+                if original.parent_id is None:  # a new root: of this conversation, not of a new one
+                    target = self._conversation(conversation_id)
+            else:
+                page = await self.history_page(conversation_id, leaf=message, limit=1, timeout=timeout)
+                if not page.messages or page.messages[-1].id != message:
+                    raise ChatError("not_found", f"message {message} is not in conversation {page.conversation_id}")
+                original, target = page.messages[-1], page.conversation_id
+            if original.role != "user":
+                raise ValueError(f"edit takes a user message; {original.id} is an {original.role} message")
+            return await self._submit(Entry("message", client_id=client_id or _new_client_id(), content=content,
+                                            target=target, parent=original.parent_id))
+
+        return ReplyStream(self, begin, self.timeout if timeout is None else timeout)
+
+    async def edit(self, message: str | Message, content: str, *, conversation_id: str | None = None,
+                   client_id: str | None = None, timeout: float | None = None) -> Reply:
+        """Edit one of the user's messages (see `edit_stream`) and wait for the new reply."""
+        return await self.edit_stream(message, content, conversation_id=conversation_id, client_id=client_id,
+                                      timeout=timeout)
+
+    def regenerate_stream(self, reply_to: str | Message | Reply, *, client_id: str | None = None,
+                          timeout: float | None = None) -> ReplyStream:
+        """Have a new reply generated to one of the user's messages; it becomes the current leaf,
+        the earlier replies stay stored beside it. Iterate the result for its pieces, or await it.
+
+        `reply_to`: the user message's id, the user `Message`, or a `Reply` (or assistant `Message`)
+        to that message. `client_id`: the idempotency key, in the same namespace as messages'
+        (a fresh one when absent): sent again after a drop, it never makes a second reply.
+        An error `busy` means a reply to that message is being generated right now.
+        """
+        user_message_id = _user_message_id(reply_to)
+
+        async def begin() -> Entry:
+            self._check_usable()
+            return await self._submit(Entry("regenerate", client_id=client_id or _new_client_id(),
+                                            reply_to=user_message_id))
+
+        return ReplyStream(self, begin, self.timeout if timeout is None else timeout)
+
+    async def regenerate(self, reply_to: str | Message | Reply, *, client_id: str | None = None,
+                         timeout: float | None = None) -> Reply:
+        """A new reply to one of the user's messages (see `regenerate_stream`), once stored."""
+        return await self.regenerate_stream(reply_to, client_id=client_id, timeout=timeout)
+
+    async def select(self, message_id: str, conversation_id: str | None = None, *,
+                     timeout: float | None = None) -> str:
+        """Make the branch through `message_id` current; the new leaf (the newest message below
+        it). The user's `sync=True` clients hear it as a `selected` event."""
+        conversation_id = self._conversation(conversation_id)
+        answer = await self._ask({"type": "select", "conversation_id": conversation_id, "message_id": message_id},
+                                 timeout, f"select of {message_id}")
+        return str(answer["leaf_id"])
+
+    async def tree(self, conversation_id: str | None = None, *, timeout: float | None = None) -> Tree:
+        """Every message of a conversation (default: the current one) on every branch, without
+        contents, and its current leaf; from the HTTP API, with this client's token."""
+        conversation_id = self._conversation(conversation_id)
+        self._check_usable()
+        headers = dict(self.headers)
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        url = f"{self.http_url}/api/conversations/{quote(conversation_id, safe='')}/tree"
+        body = await get_json(url, headers, self.timeout if timeout is None else timeout)
+        return Tree(conversation_id, body.get("leaf_id"), [TreeNode.from_wire(m) for m in body.get("items") or []])
 
     def resume(self, message_id: str | None = None, *, reply_to: str | None = None, after: int = 0,
                timeout: float | None = None) -> ReplyStream:
@@ -179,35 +265,27 @@ class ChatClient:
             await self._conn.send(frame)
 
     async def history_page(self, conversation_id: str | None = None, *, before: str | None = None,
-                           limit: int | None = None, timeout: float | None = None) -> HistoryPage:
-        """One page of a conversation (default: the current one), oldest first."""
-        conversation_id = conversation_id or self._current.id
-        if conversation_id is None:
-            raise ValueError("no conversation yet: pass conversation_id")
+                           limit: int | None = None, leaf: str | None = None,
+                           timeout: float | None = None) -> HistoryPage:
+        """One page of a conversation (default: the current one), oldest first: of the path from
+        its root to the current leaf, or to `leaf` (any message of it: another branch)."""
+        conversation_id = self._conversation(conversation_id)
         frame: dict[str, Any] = {"type": "history", "conversation_id": conversation_id}
         if before is not None:
             frame["before"] = before
         if limit is not None:
             frame["limit"] = limit
-        self._check_usable()
-        request = HistoryRequest(frame)
-        async with self._conn.send_lock:
-            self._pending.expect("history", request)
-            await self._conn.send(frame)
-        wait = self.timeout if timeout is None else timeout
-        try:
-            answer = await asyncio.wait_for(asyncio.shield(request.future), wait)
-        except TimeoutError:
-            raise ChatTimeout(f"no answer within {wait:g}s to history of {conversation_id}") from None
-        finally:
-            self._pending.unexpect("history", request)
+        if leaf is not None:
+            frame["leaf"] = leaf
+        answer = await self._ask(frame, timeout, f"history of {conversation_id}")
         return HistoryPage(answer["conversation_id"], [Message.from_wire(m) for m in answer["messages"]],
-                           bool(answer.get("has_more")))
+                           bool(answer.get("has_more")), answer.get("leaf_id"))
 
     async def history(self, conversation_id: str | None = None, *, before: str | None = None,
-                      limit: int | None = None, timeout: float | None = None) -> list[Message]:
-        """The newest `limit` messages (server default 50) older than `before`, oldest first."""
-        page = await self.history_page(conversation_id, before=before, limit=limit, timeout=timeout)
+                      limit: int | None = None, leaf: str | None = None, timeout: float | None = None) -> list[Message]:
+        """The newest `limit` messages (server default 50) older than `before`, oldest first, of
+        the current branch (or of the path to `leaf`)."""
+        page = await self.history_page(conversation_id, before=before, limit=limit, leaf=leaf, timeout=timeout)
         return page.messages
 
     async def events(self) -> AsyncIterator[Event]:
@@ -228,6 +306,31 @@ class ChatClient:
             raise ChatError("closed", "the client was closed")
         if self._reader is None:
             raise ChatError("closed", "not connected: use `async with ChatClient(...)` or `await connect()`")
+
+    def _conversation(self, conversation_id: str | None) -> str:
+        conversation_id = conversation_id or self._current.id
+        if conversation_id is None:
+            raise ValueError("no conversation yet: pass conversation_id")
+        return conversation_id
+
+    async def _submit(self, entry: Entry) -> Entry:
+        await self._outbox.submit(entry)
+        return entry
+
+    async def _ask(self, frame: dict[str, Any], timeout: float | None, what: str) -> dict[str, Any]:
+        """Send a request the server answers with one frame (asked again on a new socket); its answer."""
+        self._check_usable()
+        request = Request(frame)
+        async with self._conn.send_lock:
+            self._pending.expect(request.kind, request)
+            await self._conn.send(frame)
+        wait = self.timeout if timeout is None else timeout
+        try:
+            return await asyncio.wait_for(asyncio.shield(request.future), wait)
+        except TimeoutError:
+            raise ChatTimeout(f"no answer within {wait:g}s to {what}") from None
+        finally:
+            self._pending.unexpect(request.kind, request)
 
     def _forget(self, entry: Entry) -> None:
         """A reader stopped waiting for `entry` (its stream timed out)."""
@@ -275,3 +378,18 @@ class ChatClient:
         self._broken = error
         self._pending.fail_all(error)
         self._dispatcher.end_events()
+
+
+def _new_client_id() -> str:
+    return f"py-{uuid.uuid4().hex}"
+
+
+def _user_message_id(reply_to: str | Message | Reply) -> str:
+    """The user message a regenerate answers again, from its id, itself, or a reply to it."""
+    if isinstance(reply_to, str):
+        return reply_to
+    if isinstance(reply_to, Message) and reply_to.role == "user":
+        return reply_to.id
+    if reply_to.reply_to is None:
+        raise ValueError("this reply does not say which message it answers: pass the user message's id")
+    return reply_to.reply_to

@@ -1,9 +1,11 @@
 """What each frame from the server does to what the client waits for.
 
 A frame settles an entry (`ack`, `start`, `delta`, `done`, an `error` with `client_id`), answers the
-oldest request (`history`, an `error` without one), or is news of the user's other sockets, which a
-`sync=True` client queues as an `Event`. A reply that died (`interrupted`) or a message the server
-could not take (`unavailable`) is sent again rather than failed, up to `retries` times.
+oldest request (`history`, `selected`, an `error` without one), or is news of the user's other
+sockets, which a `sync=True` client queues as an `Event`. A reply that died (`interrupted`) or a
+turn the server could not take (`unavailable`) is sent again rather than failed, up to `retries`
+times. A regenerate's `ack` names the user message it answers again (no new message): to its entry
+that is the reply's `reply_to`, as a message's own id is to a message's.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .connection import Settings
-from .entries import CurrentConversation
+from .entries import TURNS, CurrentConversation, Request
 from .errors import ChatError
 from .outbox import Outbox
 from .pending import Pending
@@ -66,7 +68,10 @@ class Dispatcher:
         elif kind == "done":
             self._on_done(f)
         elif kind == "history":
-            self._pending.answer_history(f)
+            self._pending.answer(f)
+        elif kind == "selected":
+            if not self._pending.answer(f):
+                self._event(f)  # another socket of the user chose a branch
         elif kind == "error":
             self._on_error(f)
         elif kind in ("message_added", "conversation_deleted"):
@@ -101,12 +106,12 @@ class Dispatcher:
         entry = self._pending.by_reply(mid)
         if entry is None and mid not in self._foreign:
             # A done with no start: the stored reply to a duplicate, or to a resume by reply_to.
-            entry = self._pending.for_bare_done()
+            entry = self._pending.for_bare_done(f.get("reply_to"))
         if entry is None:
             self._foreign.discard(str(mid))
             self._event(f)
             return
-        if entry.kind == "message" and f.get("status") == "interrupted" and entry.resends < self._settings.retries:
+        if entry.kind in TURNS and f.get("status") == "interrupted" and entry.resends < self._settings.retries:
             # The reply this client followed died with its process (or ran out of detached time):
             # a resend of the client_id has the server generate it again.
             entry.resends += 1
@@ -135,11 +140,10 @@ class Dispatcher:
         if oldest is None:
             log.warning("error from the server: %s: %s", code, detail)
             return
-        kind, item = oldest
-        if kind == "history":
-            if not item.future.done():
-                item.future.set_exception(ChatError(code, detail))
-        elif item.kind == "message" and code == "not_found":
+        _, item = oldest
+        if isinstance(item, Request):
+            item.fail(ChatError(code, detail))
+        elif item.kind in TURNS and code == "not_found":
             self._outbox.resend_later(item, 0)  # no reply to follow: the resend completes the turn
         else:
             self._pending.forget(item)

@@ -1,9 +1,11 @@
 """One thing the client waits for, kept with all it needs to be sent again and to give each piece once.
 
-An `Entry` is a message this client sent (or a reply it follows) until its `done`: the ids learnt
+An `Entry` is a message this client sent, a regeneration it asked for (both turns, sent again with
+their `client_id` until their `done`), or a reply it follows, until its `done`: the ids learnt
 from `ack` and `start`, the last `seq` it has, the text already given to the reader, and the queue
 and future its `ReplyStream` reads. `CurrentConversation` is where a message without
-`conversation_id` goes, chosen once per message so that a resend is the same frame.
+`conversation_id` goes, chosen once per message so that a resend is the same frame. A `Request`
+is a frame the server answers once, in order (`history`, `select`), asked again on a new socket.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ class Absent:
 
 CURRENT: Final = Absent()  # the client's current conversation (the server's "absent")
 Target: TypeAlias = str | None | Absent  # a conversation id, None for a new one, or CURRENT
+# A message's parent: a message id, None for a new root, or CURRENT (absent: the current leaf).
+Parent: TypeAlias = str | None | Absent
+TURNS: Final = frozenset({"message", "regenerate"})  # the kinds sent again with their client_id
 
 
 class CurrentConversation:
@@ -41,12 +46,15 @@ class CurrentConversation:
 
 
 class Entry:
-    """A message sent by this client (kind "message") or a reply it follows (kind "resume")."""
+    """A message sent by this client (kind "message"), a new reply to one of the user's messages
+    (kind "regenerate", `reply_to` that message), or a reply it follows (kind "resume")."""
 
     def __init__(self, kind: str, *, client_id: str | None = None, content: str | None = None,
-                 target: Target = CURRENT, message_id: str | None = None, reply_to: str | None = None,
-                 after: int = 0) -> None:
+                 target: Target = CURRENT, parent: Parent = CURRENT, message_id: str | None = None,
+                 reply_to: str | None = None, after: int = 0) -> None:
         self.kind, self.client_id, self.content, self.target = kind, client_id, content, target
+        self.parent = parent  # a message's parent_id on the wire (CURRENT: left out)
+        self.regenerates = reply_to if kind == "regenerate" else None  # a regenerate's reply_to on the wire
         self.wire_target: Target = CURRENT  # what the first send put on the wire
         self.resolved = False
         self.sent_gen = -1  # the connection generation it was last sent on
@@ -68,7 +76,8 @@ class Entry:
         parts = [f"client_id={self.client_id}"] if self.client_id else []
         parts += [f"message_id={self.user_message_id}"] if self.user_message_id else []
         parts += [f"reply {self.reply_id}"] if self.reply_id else []
-        return ("message " if self.kind == "message" else "followed reply ") + ", ".join(parts)
+        kind = {"message": "message ", "regenerate": "regeneration "}.get(self.kind, "followed reply ")
+        return kind + ", ".join(parts)
 
     def on_start(self, frame: Mapping[str, Any]) -> None:
         self.bare_done_expected = False
@@ -97,7 +106,7 @@ class Entry:
         if self.emit_rest_on_done:
             self._emit(frame.get("content", ""))
         reply = Reply(content=frame.get("content", ""), status=frame.get("status", "complete"),
-                      message_id=frame["message_id"], reply_to=self.user_message_id,
+                      message_id=frame["message_id"], reply_to=self.user_message_id or frame.get("reply_to"),
                       conversation_id=frame.get("conversation_id") or self.conversation_id or "",
                       client_id=self.client_id, error=frame.get("error"))
         if not self.future.done():
@@ -111,9 +120,15 @@ class Entry:
         self.pieces.put_nowait(None)
 
 
-class HistoryRequest:
-    """A `history` request waiting for its answer."""
+class Request:
+    """A request the server answers with one frame (`history`, `select`), waiting for its answer."""
 
     def __init__(self, frame: dict[str, Any]) -> None:
         self.frame = frame
+        self.kind: str = frame["type"]
         self.future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+            self.future.exception()  # retrieved: a request whose wait ran out logs no warning

@@ -1,7 +1,8 @@
 """The frames this client sends for what it waits for: the first time, on a new socket, and again later.
 
 A message is the same frame every time it is sent (its `client_id` is the server's idempotency key,
-its conversation chosen at the first send), so a resend can never start a second turn.
+its conversation chosen at the first send, its parent named once), and so is a regenerate (its
+`client_id` is in the same namespace), so a resend can never start a second turn.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from .connection import Connection
-from .entries import Absent, CurrentConversation, Entry
+from .entries import CURRENT, TURNS, Absent, CurrentConversation, Entry
 from .pending import Pending
 
 
@@ -36,15 +37,23 @@ class Outbox:
             return
         if entry.acked:
             entry.bare_done_expected = True  # answered by ack duplicate, then done alone or a new reply
-        await self._conn.send(self._message_frame(entry))
+        if entry.kind == "regenerate":
+            await self._conn.send({"type": "regenerate", "reply_to": entry.regenerates, "client_id": entry.client_id})
+        else:
+            await self._conn.send(self._message_frame(entry))
 
     def _message_frame(self, entry: Entry) -> dict[str, Any]:
         """The same frame every time: its conversation is chosen once, at the first send."""
         if not entry.resolved:
-            entry.wire_target, entry.resolved = self._current.resolve(entry.target), True
+            # A message under a named parent goes to the parent's conversation unless one is named.
+            under_parent = isinstance(entry.parent, str) and isinstance(entry.target, Absent)
+            entry.wire_target = CURRENT if under_parent else self._current.resolve(entry.target)
+            entry.resolved = True
         frame: dict[str, Any] = {"type": "message", "content": entry.content, "client_id": entry.client_id}
         if not isinstance(entry.wire_target, Absent):
             frame["conversation_id"] = entry.wire_target
+        if not isinstance(entry.parent, Absent):
+            frame["parent_id"] = entry.parent
         return frame
 
     async def _send_resume(self, entry: Entry) -> None:
@@ -62,9 +71,9 @@ class Outbox:
         what was streaming, ask again what was not answered."""
         supports_resume = "replies_in_flight" in ready
         in_flight = {r["reply_to"]: r for r in ready.get("replies_in_flight") or []}
-        requests = self._pending.take_history_requests()
+        requests = self._pending.take_requests()
         for entry in list(self._pending.entries):
-            if entry.kind == "message" and entry.acked and supports_resume and entry.user_message_id in in_flight:
+            if entry.kind in TURNS and entry.acked and supports_resume and entry.user_message_id in in_flight:
                 r = in_flight[entry.user_message_id]
                 if r["message_id"] != entry.reply_id:
                     entry.reply_id, entry.seq, entry.text, entry.gap = r["message_id"], 0, "", False
@@ -73,7 +82,7 @@ class Outbox:
             else:
                 await self.send_entry(entry)
         for request in requests:
-            self._pending.expect("history", request)
+            self._pending.expect(request.kind, request)
             await self._conn.send(request.frame)
 
     def resend_later(self, entry: Entry, delay: float) -> None:

@@ -1,8 +1,8 @@
 """The bookkeeping of what the client waits for, apart from the sending and the frames that settle it.
 
 Entries are kept until their `done` (or failure). Requests the server answers in the order they came
-(`history`, and a `resume` until its `start`) are also kept in send order, because an `error` frame
-without `client_id` answers the oldest of them.
+(`history`, `select`, and a `resume` until its `start`) are also kept in send order, because an
+`error` frame without `client_id` answers the oldest of them.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from .entries import Entry, HistoryRequest
+from .entries import TURNS, Entry, Request
 
 
 class Pending:
@@ -18,7 +18,8 @@ class Pending:
 
     def __init__(self) -> None:
         self.entries: list[Entry] = []
-        self.awaiting: list[tuple[str, Any]] = []  # ("history", HistoryRequest) | ("resume", Entry), in send order
+        # (kind, Request) for history and select, ("resume", Entry), in send order
+        self.awaiting: list[tuple[str, Any]] = []
 
     def expect(self, kind: str, item: Any) -> None:
         self.awaiting.append((kind, item))
@@ -36,14 +37,14 @@ class Pending:
         for entry in self.entries:
             entry.fail(error)
         self.entries.clear()
-        for kind, item in self.awaiting:
-            if kind == "history" and not item.future.done():
-                item.future.set_exception(error)
+        for _, item in self.awaiting:
+            if isinstance(item, Request):
+                item.fail(error)
         self.awaiting.clear()
 
-    def take_history_requests(self) -> list[HistoryRequest]:
+    def take_requests(self) -> list[Request]:
         """A new socket: nothing sent on the old one will be answered; the caller asks these again."""
-        requests = [r for kind, r in self.awaiting if kind == "history"]
+        requests = [r for _, r in self.awaiting if isinstance(r, Request)]
         self.awaiting = []
         return requests
 
@@ -62,15 +63,23 @@ class Pending:
         return self.by_reply(message_id) or next(
             (e for e in self.entries if e.user_message_id == reply_to and reply_to and e.reply_id != message_id), None)
 
-    def for_bare_done(self) -> Entry | None:
-        """The entry a `done` with no `start` answers: a resume by reply_to, or a message sent again."""
-        return next((e for k, e in self.awaiting if k == "resume" and e.reply_id is None), None) or next(
-            (e for e in self.entries if e.kind == "message" and e.bare_done_expected), None)
+    def for_bare_done(self, reply_to: Any = None) -> Entry | None:
+        """The entry a `done` with no `start` answers: a resume by reply_to, or a turn sent again.
+        A server that names the done's `reply_to` has it matched; an older one, the first waiting."""
+        def answers(e: Entry) -> bool:
+            return reply_to is None or e.user_message_id == reply_to
 
-    def answer_history(self, frame: dict[str, Any]) -> None:
+        return next((e for k, e in self.awaiting if k == "resume" and e.reply_id is None and answers(e)), None) or next(
+            (e for e in self.entries if e.kind in TURNS and e.bare_done_expected and answers(e)), None)
+
+    def answer(self, frame: dict[str, Any]) -> bool:
+        """Settle the oldest request this frame answers (`history` by its conversation, `select`
+        with `selected` of its conversation); False when none waits for it."""
+        kind = "select" if frame.get("type") == "selected" else frame.get("type")
         for i, (k, request) in enumerate(self.awaiting):
-            if k == "history" and request.frame["conversation_id"] == frame.get("conversation_id"):
+            if k == kind and request.frame["conversation_id"] == frame.get("conversation_id"):
                 del self.awaiting[i]
                 if not request.future.done():
                     request.future.set_result(frame)
-                break
+                return True
+        return False

@@ -26,7 +26,12 @@ class Reply:
 
 @dataclass(frozen=True)
 class Message:
-    """One stored message of a conversation (a `history` item)."""
+    """One stored message of a conversation (a `history` item).
+
+    `parent_id`: the message it follows (None for a root, and from a server without branches).
+    `siblings`: the ids of the messages with the same parent, itself included, oldest first: more
+    than one when it was edited or regenerated (empty when the server does not say).
+    """
 
     id: str
     role: str
@@ -35,18 +40,59 @@ class Message:
     client_id: str | None = None
     created_at: str | None = None
     reply_to: str | None = None
+    parent_id: str | None = None
+    siblings: tuple[str, ...] = ()
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> Message:
         return cls(id=m["id"], role=m["role"], content=m["content"], status=m["status"],
-                   client_id=m.get("client_id"), created_at=m.get("created_at"), reply_to=m.get("reply_to"))
+                   client_id=m.get("client_id"), created_at=m.get("created_at"), reply_to=m.get("reply_to"),
+                   parent_id=m.get("parent_id"), siblings=tuple(m.get("siblings") or ()))
 
 
 @dataclass(frozen=True)
 class HistoryPage:
+    """A page of the path from the root to `leaf_id` (the current leaf unless one was asked for),
+    oldest first; `leaf_id` is None from a server without branches."""
+
     conversation_id: str
     messages: list[Message]
     has_more: bool
+    leaf_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TreeNode:
+    """A message of a conversation's tree, without its content."""
+
+    id: str
+    parent_id: str | None
+    role: str
+    status: str
+    created_at: str | None = None
+    reply_to: str | None = None
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> TreeNode:
+        return cls(id=m["id"], parent_id=m.get("parent_id"), role=m["role"], status=m["status"],
+                   created_at=m.get("created_at"), reply_to=m.get("reply_to"))
+
+
+@dataclass(frozen=True)
+class Tree:
+    """Every message of a conversation, every branch, oldest first, and the current leaf."""
+
+    conversation_id: str
+    leaf_id: str | None
+    items: list[TreeNode]
+
+    def children(self, message_id: str | None) -> list[TreeNode]:
+        """The messages that follow `message_id` (None: the roots), oldest first."""
+        return [n for n in self.items if n.parent_id == message_id]
+
+    def replies_to(self, message_id: str) -> list[TreeNode]:
+        """Every stored reply to the user message `message_id`, regenerated ones included."""
+        return [n for n in self.items if n.role == "assistant" and n.reply_to == message_id]
 
 
 @dataclass(frozen=True)
@@ -62,8 +108,8 @@ class ReplyInFlight:
 @dataclass(frozen=True)
 class Event:
     """What a `sync=True` socket hears of the user's other sockets: `message_added`,
-    `conversation_deleted`, and the `start`, `delta` and `done` of their replies (`frame` is the
-    frame as received)."""
+    `conversation_deleted`, `selected` (another socket chose a branch: `leaf_id`), and the `start`,
+    `delta` and `done` of their replies (`frame` is the frame as received)."""
 
     type: str
     conversation_id: str | None
@@ -74,3 +120,9 @@ class Event:
     def message(self) -> Message | None:
         m = self.frame.get("message")
         return Message.from_wire(m) if isinstance(m, dict) else None
+
+    @property
+    def leaf_id(self) -> str | None:
+        """A `selected` event's new current leaf."""
+        leaf = self.frame.get("leaf_id")
+        return leaf if isinstance(leaf, str) else None
