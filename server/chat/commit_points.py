@@ -33,6 +33,7 @@ class MessageNotFound(Exception):
 class Accepted:
     message: MessageRecord
     duplicate: bool
+    regenerated: bool = False  # the client_id named a regenerate of `message`: answer as its resend
 
 
 async def accept_message(db: Database, user_id: str, frame: MessageFrame, current: str | None,
@@ -151,16 +152,20 @@ def _edit(store: Store, user_id: str, frame: MessageFrame, current: str | None, 
 
 
 def _original(store: Store, user_id: str, frame: MessageFrame) -> Accepted | None:
-    """The message this frame's client_id already names, if any: a duplicate. (A regenerate's
-    client_id names the user message it answered again: its ack repeats this frame's client_id.)"""
+    """What this frame's client_id already names, if any: a duplicate. A message's, or a
+    regenerate's (then the user message it answered again, to be answered as that regenerate)."""
     if frame.client_id is None:
         return None
     original = store.by_client_id(user_id, frame.client_id)
-    if original is None:
+    if original is not None:
+        return Accepted(original, duplicate=True)
+    regeneration = store.regeneration(user_id, frame.client_id)
+    if regeneration is None:
         return None
-    if original.client_id != frame.client_id:
-        original = dataclasses.replace(original, client_id=frame.client_id)
-    return Accepted(original, duplicate=True)
+    answered = store.message_of(user_id, regeneration.user_message_id)
+    if answered is None:  # its conversation is gone: the client_id stays used, its message with it
+        raise ConversationNotFound(regeneration.user_message_id)
+    return Accepted(dataclasses.replace(answered, client_id=frame.client_id), duplicate=True, regenerated=True)
 
 
 async def store_reply(db: Database, user_id: str, reply_to: MessageRecord, reply_id: str, content: str,

@@ -66,7 +66,7 @@ def _claim(store: Store, user_id: str, user_message_id: str, client_id: str | No
             if earlier.user_message_id != message.id:
                 raise RegenerationRefused("used")
             raise _Duplicate(earlier)
-        if earlier is None and store.by_client_id(user_id, client_id) is not None:
+        if earlier is None and store.by_client_id(user_id, client_id) is not None:  # a message's
             raise RegenerationRefused("used")
     if store.in_flight_for(message.id) is not None:
         raise RegenerationRefused("busy")

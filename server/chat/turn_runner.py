@@ -78,6 +78,9 @@ class TurnRunner:
             await self._unavailable(to, frame.client_id)
             return None
         message = accepted.message
+        if accepted.regenerated:  # its client_id was a regenerate's: answered as that regenerate's resend
+            await self.regenerate(RegenerateFrame(message.id, frame.client_id), to, turn)
+            return message
         if accepted.duplicate:
             await to.sink.send(outgoing.ack(message, duplicate=True))
             await self._answer_duplicate(message, to, turn, received_at)

@@ -313,7 +313,7 @@ class Store:
             statement = APPEND_CLAIMING if claim is not None else APPEND_RELEASING
             row = self.conn.execute(statement, append_params(message, user_id, claim)).first()
             return None if row is None else dataclasses.replace(message, seq=row.seq, parent_id=row.parent_id)
-        if message.client_id is not None and self.by_client_id(user_id, message.client_id) is not None:
+        if message.client_id is not None and self.client_id_taken(user_id, message.client_id):
             return None
         seq = None
         if message.role == "user":  # it follows the current leaf (the writer's transaction is the lock)
@@ -339,7 +339,7 @@ class Store:
         becomes the leaf; None, and nothing written, when the conversation is not this user's,
         the parent is not a message of it, or the client_id was used before. Step by step on
         both databases (an edit is rare): inside a unit of work."""
-        if message.client_id is not None and self.by_client_id(user_id, message.client_id) is not None:
+        if message.client_id is not None and self.client_id_taken(user_id, message.client_id):
             return None
         if message.parent_id is not None and self.conn.execute(_SEQ_OF, {
                 "p_message": message.parent_id, "p_conversation": message.conversation_id}).first() is None:
@@ -362,7 +362,7 @@ class Store:
             params = {**append_params(message, user_id, claim), "p_title": title_from(message.content)}
             seq = self.conn.execute(START_CONVERSATION, params).scalar()
             return None if seq is None else dataclasses.replace(message, seq=seq, parent_id=None)
-        if message.client_id is not None and self.by_client_id(user_id, message.client_id) is not None:
+        if message.client_id is not None and self.client_id_taken(user_id, message.client_id):
             return None
         now = message.created_at
         self.conn.execute(_INSERT_CONVERSATION, {
@@ -428,12 +428,13 @@ class Store:
         return MessageRecord(*row) if row else None
 
     def by_client_id(self, user_id: str, client_id: str) -> MessageRecord | None:
-        """The message sent with that client_id; for a regenerate's, the user message it answered again."""
+        """The message sent with that client_id (not a regenerate's: see `regeneration`)."""
         row = self.conn.execute(_BY_CLIENT_ID, {"p_user": user_id, "p_client": client_id}).first()
-        if row is not None:
-            return MessageRecord(*row)
-        regeneration = self.regeneration(user_id, client_id)
-        return None if regeneration is None else self.message_of(user_id, regeneration.user_message_id)
+        return MessageRecord(*row) if row else None
+
+    def client_id_taken(self, user_id: str, client_id: str) -> bool:
+        """Whether a message or a regenerate of the user carried that client_id (one namespace)."""
+        return self.by_client_id(user_id, client_id) is not None or self.regeneration(user_id, client_id) is not None
 
     def regeneration(self, user_id: str, client_id: str) -> Regeneration | None:
         r = regenerations.c

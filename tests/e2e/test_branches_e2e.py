@@ -260,9 +260,6 @@ async def test_regenerate_adds_a_sibling_reply_that_becomes_the_leaf_and_its_cli
         assert ids(path_of(rest, conv)) == [m1, r2, t2.ack["message_id"], plain.done["message_id"]]
 
 
-@pytest.mark.xfail(strict=True, reason="server defect: a message resent with a regenerate's client_id is "
-                   "answered with the latest reply to that user message (turn_runner._send_stored_reply), "
-                   "not with that regeneration's reply, once a later reply exists")
 @aio
 async def test_a_message_resent_with_a_regenerates_client_id_gets_that_regenerations_reply(server):
     async with sockets(server) as user:
@@ -277,6 +274,7 @@ async def test_a_message_resent_with_a_regenerates_client_id_gets_that_regenerat
         assert again.types() == ["ack", "done"] and again.done["message_id"] == mine.done["message_id"]
         resent = await c.turn("hello", client_id=kr)
         assert resent.ack["duplicate"] is True and resent.ack["message_id"] == m1
+        assert resent.ack.get("regenerate") is True, "answered as that regenerate's resend"
         assert resent.done["message_id"] == mine.done["message_id"], "the regeneration kr named, as for regenerate"
 
 
