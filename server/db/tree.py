@@ -120,7 +120,10 @@ def siblings(store: Store, conversation_id: str, page: list[MessageRecord]) -> d
              .where(messages.c.conversation_id == conversation_id,
                     or_(messages.c.parent_id.in_(parents) if parents else false(),
                         messages.c.parent_id.is_(None) if roots else false()))
-             .order_by(messages.c.seq))
+             # `seq + 0`: SQLite would otherwise read the whole conversation through the
+             # (conversation_id, seq) index for its order, instead of the few rows of the
+             # (conversation_id, parent_id) index, sorted after (bench/history_depth.py).
+             .order_by(messages.c.seq + 0))
     by_parent: dict[str | None, list[str]] = {}
     for parent_id, message_id in store.conn.execute(query):
         by_parent.setdefault(parent_id, []).append(message_id)
