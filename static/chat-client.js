@@ -47,13 +47,18 @@
    *   done(reply)             a reply is stored: {id, conversation_id, reply_to, status, content, error}
    *   lost(reply)             a reply we were showing is no longer followed (reload its history)
    *   message_added(frame)    another tab of this user sent a message
+ *   selected(frame, own)    a conversation's current branch changed: {conversation_id, leaf_id}; own:
+ *                           the answer to this client's select(), else another socket's (reload the branch)
+ *   select_failed(request, detail)  a select() was refused (the message is gone, or not yours)
    *   conversation_deleted(id)
    *   failed(entry)           a message was refused and cannot be sent as it is (entry.failed)
    *   notice(text)            something to tell the person
    *
-   * METHODS: connect(), send(content, conversationKey) → entry, cancel(replyId?), retry(clientId, conv?),
+   * METHODS: connect(), send(content, conversationKey) → entry, edit(content, conversationId, parentId) → entry,
+ *   regenerate(conversationId, replyTo) → entry, select(conversationId, messageId) → sent?,
+ *   cancel(replyId?), retry(clientId, conv?),
    *   discard(clientId), entries(), entryState(entry), busy(), streaming(conversationId),
-   *   conversations(before?, limit?), history(conversationId, before?, limit?), deleteConversation(id),
+   *   conversations(before?, limit?), history(conversationId, before?, limit?, leaf?), deleteConversation(id),
    *   forgetConversation(id, deletedHere), setToken(token), reconnectNow(), offline(), leaveTab(),
    *   returnToTab(), close(). ChatClient.newKey() names a conversation not created yet.
    *
@@ -87,6 +92,10 @@
     this.replies = {}; // id → the replies streaming that we show: {id, conversation_id, reply_to, seq, text, own}
     this.finished = []; // ids of replies whose `done` we handled (a resume and a resend may both bring it)
     this.pendingResumes = []; // reply ids we asked to resume and have not heard of yet
+    this.pendingSelects = []; // select frames sent and not answered yet, oldest first
+    // The order in which resume and select frames were sent: an error without a client_id answers
+    // the oldest one still unanswered (the server answers them in order).
+    this.readQueue = [];
     this.turn = null; // our message's turn on this socket: {clientId, conv, userMessageId, replyId}
     this.inflight = null; // client_id of the message on the wire, until its turn ends
     this.ws = null;
@@ -217,7 +226,50 @@
   // -- what the person does -----------------------------------------------------------------------
   /** Queue a message for a conversation (an id, or a key from ChatClient.newKey()); the entry. */
   P.send = function (content, conv) {
-    var entry = { client_id: uuid(), content: content, conv: conv, user: this.userId, at: Date.now() };
+    return this.queue({ client_id: uuid(), content: content, conv: conv, user: this.userId, at: Date.now() });
+  };
+
+  /**
+   * A new version of a stored user message: `content` as its sibling, under `parentId` (the edited
+   * message's parent_id; null when it was the first message). Queued and resent like any message.
+   */
+  P.edit = function (content, conv, parentId) {
+    return this.queue({ client_id: uuid(), content: content, conv: conv, parent_id: parentId === undefined ? null : parentId,
+                        user: this.userId, at: Date.now() });
+  };
+
+  /**
+   * A new reply to a stored user message (`replyTo`: the reply_to of the reply to replace), a
+   * sibling of its earlier replies. Its client_id is kept in the outbox until its reply's `done`
+   * and resent after a drop, as a message's is: the server answers a resend with the same reply.
+   */
+  P.regenerate = function (conv, replyTo) {
+    for (var i = 0; i < this.outbox.length; i++) {
+      var e = this.outbox[i];
+      if (e.kind === "regenerate" && e.reply_to === replyTo && !e.failed) return e; // asked already
+    }
+    return this.queue({ kind: "regenerate", client_id: uuid(), reply_to: replyTo, conv: conv, content: "",
+                        user: this.userId, at: Date.now() });
+  };
+
+  /** Whether a regenerate of the reply to `replyTo` waits in the outbox or runs. */
+  P.regenerating = function (replyTo) {
+    return this.outbox.some(function (e) { return e.kind === "regenerate" && e.reply_to === replyTo && !e.failed; });
+  };
+
+  /**
+   * Make the branch through `messageId` current (flip to a sibling). Not queued: false when there
+   * is no connection. The answer (and other sockets' switches) come as the `selected` event.
+   */
+  P.select = function (conv, messageId) {
+    var request = { conversation_id: conv, message_id: messageId };
+    if (!this.sendFrame({ type: "select", conversation_id: conv, message_id: messageId })) return false;
+    this.pendingSelects.push(request);
+    this.readQueue.push("select");
+    return true;
+  };
+
+  P.queue = function (entry) {
     this.outbox.push(entry);
     this.saveOutbox();
     this.pump();
@@ -242,7 +294,10 @@
   P.retry = function (clientId, conv) {
     var entry = this.findEntry(clientId);
     if (!entry) return;
-    if (conv) entry.conv = conv;
+    if (conv) {
+      entry.conv = conv;
+      delete entry.parent_id; // another conversation: the start of it, not a version of a message there
+    }
     entry.failed = null;
     entry.retryAt = 0;
     this.saveOutbox();
@@ -334,6 +389,8 @@
     this.turn = null;
     this.inflight = null;
     this.pendingResumes = [];
+    this.pendingSelects = [];
+    this.readQueue = [];
     this.emit("outbox");
     if (this.closed) return;
     if (ev && ev.code === 1008 && !wasReady) {
@@ -426,9 +483,14 @@
     });
   };
 
-  /** A page of a conversation's history ({messages, has_more}); null when it does not exist. */
-  P.history = function (conversationId, before, limit) {
-    var q = "?limit=" + (limit || 50) + (before ? "&before=" + encodeURIComponent(before) : "");
+  /**
+   * A page of a conversation's current branch, the path from its root to its leaf, oldest first
+   * ({messages, has_more, leaf_id}; each message with parent_id and siblings); with `leaf`, the
+   * path to that message. null when the conversation does not exist.
+   */
+  P.history = function (conversationId, before, limit, leaf) {
+    var q = "?limit=" + (limit || 50) + (before ? "&before=" + encodeURIComponent(before) : "") +
+            (leaf ? "&leaf=" + encodeURIComponent(leaf) : "");
     return this.api("GET", "/api/conversations/" + encodeURIComponent(conversationId) + "/messages" + q)
       .then(function (r) {
         if (r.status === 404) return null;
@@ -460,6 +522,7 @@
       case "done": this.onDone(frame); break;
       case "error": this.onError(frame); break;
       case "message_added": this.emit("message_added", frame); break;
+      case "selected": this.onSelected(frame); break;
       case "conversation_deleted": this.emit("conversation_deleted", frame.conversation_id); break;
       default: break; // frames added to the protocol later are ignored, as the contract asks
     }
@@ -525,8 +588,7 @@
           reply.clientId = e.client_id;
         }
       });
-      self.pendingResumes.push(r.message_id);
-      self.sendFrame({ type: "resume", message_id: r.message_id, after: reply.seq });
+      self.askResume(r.message_id, reply.seq);
     });
     Object.keys(this.replies).forEach(function (id) {
       if (!live[id]) {
@@ -536,6 +598,35 @@
       }
     });
     this.outbox.forEach(function (e) { if (e.following && !live[e.following]) e.following = null; });
+  };
+
+  P.askResume = function (id, after) {
+    this.pendingResumes.push(id);
+    this.readQueue.push("resume");
+    this.sendFrame({ type: "resume", message_id: id, after: after });
+  };
+
+  /** A resume we asked for is answered (its start, its done, or an error). */
+  P.resumeAnswered = function (id) {
+    if (this.pendingResumes.indexOf(id) < 0) return;
+    this.pendingResumes = this.pendingResumes.filter(function (x) { return x !== id; });
+    var at = this.readQueue.indexOf("resume");
+    if (at >= 0) this.readQueue.splice(at, 1);
+  };
+
+  /** The current branch of a conversation changed: our select's answer, or another socket's. */
+  P.onSelected = function (frame) {
+    var own = false;
+    for (var i = 0; i < this.pendingSelects.length; i++) {
+      if (this.pendingSelects[i].conversation_id === frame.conversation_id) {
+        this.pendingSelects.splice(i, 1);
+        var at = this.readQueue.indexOf("select");
+        if (at >= 0) this.readQueue.splice(at, 1);
+        own = true;
+        break;
+      }
+    }
+    this.emit("selected", frame, own);
   };
 
   P.onAck = function (frame) {
@@ -567,7 +658,7 @@
   P.onStart = function (frame) {
     var id = frame.message_id;
     if (typeof id !== "string" || this.finished.indexOf(id) >= 0) return;
-    this.pendingResumes = this.pendingResumes.filter(function (x) { return x !== id; });
+    this.resumeAnswered(id);
     var turn = this.turn;
     var reply = this.replies[id];
     if (!reply) {
@@ -593,10 +684,7 @@
       if (frame.seq > reply.seq + 1) {
         // A gap: never paper over it. Ask for everything after what we have; what arrives
         // meanwhile is dropped here and comes again in order.
-        if (this.pendingResumes.indexOf(reply.id) < 0) {
-          this.pendingResumes.push(reply.id);
-          this.sendFrame({ type: "resume", message_id: reply.id, after: reply.seq });
-        }
+        if (this.pendingResumes.indexOf(reply.id) < 0) this.askResume(reply.id, reply.seq);
         return;
       }
       reply.seq = frame.seq;
@@ -611,14 +699,14 @@
     var id = frame.message_id;
     var reply = this.replies[id];
     var turn = this.turn;
-    this.pendingResumes = this.pendingResumes.filter(function (x) { return x !== id; });
+    this.resumeAnswered(id);
     delete this.replies[id];
     // Without reply_to on `done`, a done for a reply we do not follow ends our turn in progress
     // (a duplicate answered with its stored reply).
     var ownTurn = turn && (turn.replyId === id || (!turn.replyId && !reply));
     var result = { id: id, conversation_id: frame.conversation_id, status: frame.status,
                    content: String(frame.content || ""), error: frame.error,
-                   reply_to: reply ? reply.reply_to : (ownTurn ? turn.userMessageId : undefined) };
+                   reply_to: frame.reply_to || (reply ? reply.reply_to : (ownTurn ? turn.userMessageId : undefined)) };
     if (ownTurn) {
       this.turn = null;
       this.inflight = null;
@@ -651,10 +739,15 @@
     var detail = String(frame.detail || frame.code || "error");
     if (frame.client_id !== undefined && frame.client_id !== null) {
       this.messageFailed(frame.client_id, frame.code, detail);
+    } else if (this.readQueue[0] === "select" && (frame.code === "not_found" || frame.code === "invalid")) {
+      // The oldest unanswered read is a select: the message to switch to is gone (or not ours).
+      this.readQueue.shift();
+      this.emit("select_failed", this.pendingSelects.shift(), detail);
     } else if (this.pendingResumes.length && (frame.code === "not_found" || frame.code === "invalid")) {
       // A resume that found nothing: that reply is gone. Our message waiting for it is sent again
       // with its client_id: the server answers with its stored reply, or generates one.
-      var id = this.pendingResumes.shift();
+      var id = this.pendingResumes[0];
+      this.resumeAnswered(id);
       var lost = this.replies[id];
       delete this.replies[id];
       this.outbox.forEach(function (e) { if (e.following === id) e.following = null; });
@@ -713,8 +806,14 @@
       return;
     }
     this.inflight = entry.client_id;
-    this.sendFrame({ type: "message", content: entry.content, client_id: entry.client_id,
-                     conversation_id: ChatClient.isNewKey(entry.conv) ? null : entry.conv });
+    if (entry.kind === "regenerate") {
+      this.sendFrame({ type: "regenerate", reply_to: entry.reply_to, client_id: entry.client_id });
+    } else {
+      var frame = { type: "message", content: entry.content, client_id: entry.client_id,
+                    conversation_id: ChatClient.isNewKey(entry.conv) ? null : entry.conv };
+      if (entry.parent_id !== undefined) frame.parent_id = entry.parent_id; // an edit: a sibling
+      this.sendFrame(frame);
+    }
     this.emit("outbox");
   };
 

@@ -252,9 +252,12 @@
       self.store.set("conversation", id);
     });
     client.on("ack", function (entry, frame) {
-      if (self.view.key === frame.conversation_id && !self.hasMessage(frame.message_id)) {
-        self.view.messages.push({ id: frame.message_id, role: "user", content: entry.content, status: "complete",
-                                  client_id: entry.client_id });
+      // A regenerate's ack names the user message answered again: its new reply takes the old
+      // one's place when it starts (threadItems).
+      if (self.view.key === frame.conversation_id && !frame.regenerate && !self.hasMessage(frame.message_id)) {
+        var parent = frame.parent_id !== undefined ? frame.parent_id : entry.parent_id;
+        self.addMessage({ id: frame.message_id, role: "user", content: entry.content, status: "complete",
+                          client_id: entry.client_id, parent_id: parent });
       }
       if (!self.convs.some(function (c) { return c.id === frame.conversation_id; })) self.refreshConversationsSoon();
       self.render();
@@ -264,15 +267,15 @@
       if (piece === undefined) { // started, or resumed: screen readers hear only what is new
         self.live.textContent = "";
         self.renderThread();
-      } else {
+      } else if (self.onBranch(reply)) { // a reply on a branch not shown streams on unseen
         self.live.appendChild(document.createTextNode(piece));
         self.scheduleStreamRender();
       }
     });
     client.on("done", function (reply) {
       if (self.view.key === reply.conversation_id) {
-        self.upsert({ id: reply.id, role: "assistant", content: reply.content, status: reply.status,
-                      error: reply.error, reply_to: reply.reply_to });
+        self.placeReply({ id: reply.id, role: "assistant", content: reply.content, status: reply.status,
+                          error: reply.error, reply_to: reply.reply_to });
         self.live.textContent = "";
       }
       self.refreshConversationsSoon();
@@ -282,13 +285,32 @@
     client.on("message_added", function (frame) {
       var m = frame.message;
       if (m && frame.conversation_id === self.view.key && !self.hasMessage(m.id)) {
-        self.view.messages.push(m);
+        self.addMessage(m);
         self.render();
       }
       self.refreshConversationsSoon();
     });
+    // The current branch changed (our flip, or another tab's): the branch is reloaded from the server.
+    client.on("selected", function (frame, own) {
+      if (frame.conversation_id !== self.view.key) return;
+      var flip = own && self.flip && self.flip.conv === frame.conversation_id ? self.flip : null;
+      if (own) self.flip = null;
+      self.reloadView({ keepScroll: !!flip }).then(function () { if (flip) self.afterFlip(flip); },
+                                                   function () {});
+    });
+    client.on("select_failed", function (request, detail) {
+      self.flip = null;
+      self.showNotice("That version could not be shown: " + detail + ".");
+      if (request && request.conversation_id === self.view.key) self.reloadSoon();
+    });
     client.on("conversation_deleted", function (id) { self.forgetConversation(id, false); });
-    client.on("failed", function () { self.render(); });
+    client.on("failed", function (entry) {
+      if (entry && entry.kind === "regenerate") { // nothing to show in the thread: say so, and let it go
+        self.showNotice("The reply could not be regenerated: " + entry.failed.detail + ".");
+        client.discard(entry.client_id);
+      }
+      self.render();
+    });
     client.on("notice", function (text) { self.showNotice(text); });
 
     this.bindGlobal();
@@ -362,6 +384,8 @@
                     this.olderBtn, this.signin, this.placeholder, this.msgList);
     // Screen readers hear the reply as it streams; the visible bubble is re-rendered as Markdown.
     this.live = h("div", { class: "cw-sr cw-live", "aria-live": "polite", "aria-atomic": "false" });
+    // "Version 2 of 3" after a flip between versions of a message.
+    this.announcer = h("div", { class: "cw-sr cw-announce", "aria-live": "polite", "aria-atomic": "true" });
 
     this.input = h("textarea", { id: id + "-input", class: "cw-input", rows: "1", autocomplete: "off",
                                  placeholder: "Type a message…", "aria-describedby": id + "-hint",
@@ -378,7 +402,7 @@
       this.notice);
 
     this.main = h("section", { class: "cw-main", "aria-labelledby": id + "-title" }, head, this.thread, this.live,
-                  this.form);
+                  this.announcer, this.form);
     this.backdrop = h("div", { class: "cw-backdrop", on: { click: function () { self.toggleDrawer(false); } } });
     this.app = h("div", { class: "cw-app", "data-drawer": "closed",
                           on: { keydown: function (e) { if (e.key === "Escape") self.toggleDrawer(false); } } },
@@ -493,6 +517,107 @@
     this.render();
   };
 
+  // -- versions: edit a message, regenerate a reply, flip between siblings ------------------------
+
+  /** Open a stored user message for editing, in place: its text in a box, Save and Cancel. */
+  Widget.prototype.startEdit = function (m) {
+    this.editing = { id: m.id, draft: m.content };
+    this.renderThread();
+    var area = this.msgList.querySelector('[data-id="' + cssEscape(m.id) + '"] .cw-edit-input');
+    if (area) {
+      area.focus();
+      area.setSelectionRange(area.value.length, area.value.length);
+      this.sizeEditor(area);
+    }
+  };
+
+  Widget.prototype.cancelEdit = function () {
+    var id = this.editing && this.editing.id;
+    this.editing = null;
+    this.renderThread();
+    var btn = id && this.msgList.querySelector('[data-id="' + cssEscape(id) + '"] [data-action=edit]');
+    if (btn) btn.focus();
+    else this.input.focus();
+  };
+
+  /** Send the edited text as a new version: a sibling of the message (same parent), then its reply. */
+  Widget.prototype.saveEdit = function (m) {
+    var content = this.editing ? this.editing.draft : "";
+    if (!content.trim()) return;
+    if (codePoints(content) > this.opts.maxChars) {
+      this.showNotice("This message is too long (" + codePoints(content) + " characters; the limit is " +
+                      this.opts.maxChars + ").");
+      return;
+    }
+    if (content === m.content) { // nothing changed: no new version
+      this.cancelEdit();
+      return;
+    }
+    this.editing = null;
+    this.showNotice("");
+    this.client.edit(content, this.view.key, this.parentOf(m));
+    this.render();
+    this.input.focus();
+    this.scrollToBottom();
+  };
+
+  Widget.prototype.sizeEditor = function (area) {
+    area.style.height = "auto";
+    area.style.height = Math.min(area.scrollHeight + 2, 300) + "px";
+  };
+
+  /** A message's parent: as the server gave it, else the message before it on the branch shown. */
+  Widget.prototype.parentOf = function (m) {
+    if (m.parent_id !== undefined) return m.parent_id;
+    var list = this.view.messages;
+    for (var i = 0; i < list.length; i++) {
+      if (list[i].id === m.id) return i > 0 ? list[i - 1].id : null;
+    }
+    return null;
+  };
+
+  Widget.prototype.regenerate = function (m) {
+    if (!m.reply_to) return;
+    this.showNotice("");
+    this.client.regenerate(this.view.key, m.reply_to);
+    this.render();
+    this.input.focus(); // the reply it replaces goes away when the new one starts
+  };
+
+  /** Whether a new reply to this user message may be asked for now (none waits or streams). */
+  Widget.prototype.canRegenerate = function (replyTo) {
+    var client = this.client;
+    if (client.regenerating(replyTo)) return false;
+    return !client.streaming(this.view.key).some(function (r) { return r.reply_to === replyTo; });
+  };
+
+  /** The arrows of "‹ 2 / 3 ›": make the branch through that sibling current (the server keeps it). */
+  Widget.prototype.flipTo = function (targetId, dir, position, count) {
+    var active = this.root.activeElement;
+    if (!this.client.select(this.view.key, targetId)) {
+      this.showNotice("Other versions can be shown once the chat is connected again.");
+      return;
+    }
+    this.editing = null;
+    this.flip = { conv: this.view.key, target: targetId, dir: dir,
+                  focus: !!(active && active.getAttribute("data-flip")),
+                  text: "Version " + position + " of " + count };
+  };
+
+  /** The branch is shown: keep the keyboard on the arrows of the version now shown, and say which. */
+  Widget.prototype.afterFlip = function (flip) {
+    var li = this.msgList.querySelector('[data-id="' + cssEscape(flip.target) + '"]');
+    if (li) {
+      var btn = li.querySelector('[data-flip="' + flip.dir + '"]');
+      if (!btn || btn.disabled) btn = li.querySelector("[data-flip]:not([disabled])");
+      if (flip.focus && btn) btn.focus();
+      else if (li.scrollIntoView) li.scrollIntoView({ block: "nearest" });
+    }
+    var announcer = this.announcer;
+    announcer.textContent = "";
+    setTimeout(function () { announcer.textContent = flip.text; }, 50); // a change, to be heard again
+  };
+
   Widget.prototype.discard = function (clientId) {
     this.client.discard(clientId);
     this.render();
@@ -586,8 +711,9 @@
   };
 
   /** The newest page of the current conversation, replacing the view (after a reconnect too). */
-  Widget.prototype.reloadView = function () {
+  Widget.prototype.reloadView = function (opts) {
     var self = this;
+    var keepScroll = !!(opts && opts.keepScroll);
     var view = this.view;
     var gen = ++view.gen;
     if (this.isNewKey(view.key)) {
@@ -605,8 +731,9 @@
       }
       view.messages = page.messages;
       view.hasMore = page.has_more;
+      self.keepRecentReplies(view);
       self.render();
-      self.scrollToBottom();
+      if (!keepScroll) self.scrollToBottom();
       self.fillViewport();
     }).finally(function () { self.thread.removeAttribute("aria-busy"); });
   };
@@ -649,6 +776,8 @@
     this.store.set("conversation", this.isNewKey(key) && !this.entries().some(this.inConversation(key)) ? null : key);
     this.view = { key: key, messages: [], hasMore: false, loadingOlder: false, gen: 0 };
     this.live.textContent = "";
+    this.editing = null;
+    this.flip = null;
     this.render();
     if (this.client.ready || !this.isNewKey(key)) this.reloadView().catch(function () {});
   };
@@ -701,15 +830,94 @@
     return this.view.messages.some(function (m) { return m.id === id; });
   };
 
-  Widget.prototype.upsert = function (message) {
+  /**
+   * Where a reply to the user message `replyTo` goes on the branch shown: {at, cut} (at: its index;
+   * cut: it takes the place of an earlier reply to that message, and of what followed it, as a
+   * regenerated reply does), or null when that message is not on the branch shown.
+   */
+  Widget.prototype.replySlot = function (replyTo) {
+    var list = this.view.messages;
+    if (!replyTo) return { at: list.length, cut: false }; // a server without reply_to: the end
+    for (var i = list.length - 1; i >= 0 && list[i].id !== replyTo; i--) { /* search */ }
+    if (i < 0) return null;
+    var next = list[i + 1];
+    return { at: i + 1, cut: !!next && next.role === "assistant" && next.reply_to === replyTo };
+  };
+
+  /** Whether a streaming reply is shown: its user message is on the branch shown. */
+  Widget.prototype.onBranch = function (reply) {
+    return this.hasMessage(reply.id) || this.replySlot(reply.reply_to) !== null;
+  };
+
+  /**
+   * A message stored now (ours, or another tab's): after the last one when it follows it; as a new
+   * version (an edit) in place of its sibling and what followed it; else the branch is reloaded.
+   */
+  Widget.prototype.addMessage = function (m) {
+    var list = this.view.messages;
+    var last = list[list.length - 1];
+    if (m.parent_id === undefined || (last ? last.id === m.parent_id : m.parent_id === null)) {
+      list.push(Object.assign({ siblings: [m.id] }, m));
+      return;
+    }
+    var at = -1;
+    if (m.parent_id === null) at = this.view.hasMore ? -1 : 0;
+    else {
+      for (var i = 0; i < list.length; i++) if (list[i].id === m.parent_id) at = i + 1;
+    }
+    if (at < 0 || at >= list.length) {
+      this.reloadSoon();
+      return;
+    }
+    var old = list[at];
+    var siblings = (old.siblings || [old.id]).slice();
+    if (siblings.indexOf(m.id) < 0) siblings.push(m.id);
+    list.splice(at);
+    list.push(Object.assign({}, m, { siblings: siblings }));
+  };
+
+  /** A stored reply: in its place on the branch shown, or not shown when it is on another branch. */
+  Widget.prototype.placeReply = function (message) {
     var list = this.view.messages;
     for (var i = 0; i < list.length; i++) {
-      if (list[i].id === message.id) {
-        list[i] = message;
+      if (list[i].id === message.id) { // its text so far was in a history page
+        list[i] = Object.assign({}, list[i], message);
         return;
       }
     }
+    var slot = this.replySlot(message.reply_to);
+    if (!slot) return; // stored on its own branch: flipping back shows it
+    message.parent_id = message.reply_to || null;
+    if (slot.cut) { // a regenerated reply: the old one's sibling, and now the end of the branch
+      var old = list[slot.at];
+      var siblings = (old.siblings || [old.id]).slice();
+      if (siblings.indexOf(message.id) < 0) siblings.push(message.id);
+      message.siblings = siblings;
+      list.splice(slot.at);
+      this.reloadSoon();
+    } else if (slot.at < list.length) { // something else follows its message: the server knows where
+      this.reloadSoon();
+      return;
+    } else {
+      message.siblings = [message.id];
+    }
     list.push(message);
+    var view = this.view;
+    view.recent = (view.recent || []).concat([{ at: Date.now(), message: message }]).slice(-5);
+  };
+
+  /**
+   * A history page read just before a reply was stored lacks it: a reply stored moments ago whose
+   * message ends the page is kept.
+   */
+  Widget.prototype.keepRecentReplies = function (view) {
+    var list = view.messages;
+    var now = Date.now();
+    (view.recent || []).forEach(function (r) {
+      var m = r.message;
+      var last = list[list.length - 1];
+      if (now - r.at < 10000 && last && last.id === m.reply_to && m.id !== last.id) list.push(m);
+    });
   };
 
   // -- rendering ------------------------------------------------------------------------------------
@@ -803,23 +1011,36 @@
     var key = this.view.key;
     var client = this.client;
     var paused = client.state !== "connected";
-    var live = {};
+    var messages = this.view.messages;
+    var shown = {};
+    messages.forEach(function (m) { shown[m.id] = true; });
+    var live = {}; // replies streaming whose text so far is in a history page: shown in its place
+    var slots = {}; // index → the replies streaming that go before the message at that index
+    var end = messages.length; // a regenerated reply streaming hides the reply it replaces, and the rest
     client.streaming(key).forEach(function (r) {
-      live[r.id] = { key: "m:" + r.id, live: r.id,
-                     msg: { id: r.id, role: "assistant", content: r.text, status: paused ? "paused" : "streaming" } };
+      var item = { key: "m:" + r.id, live: r.id,
+                   msg: { id: r.id, role: "assistant", content: r.text, status: paused ? "paused" : "streaming",
+                          reply_to: r.reply_to } };
+      if (shown[r.id]) {
+        live[r.id] = item;
+        return;
+      }
+      var slot = self.replySlot(r.reply_to);
+      if (!slot) return; // its message is on another branch: it streams on there, unseen
+      (slots[slot.at] = slots[slot.at] || []).push(item);
+      if (slot.cut) end = Math.min(end, slot.at);
     });
-    // A reply still streaming may already be in a history page (the text stored so far): the live
-    // one is shown in its place until its `done`.
-    var items = this.view.messages.map(function (m) {
-      var item = live[m.id] || { key: "m:" + m.id, msg: m };
-      delete live[m.id];
-      return item;
-    });
-    Object.keys(live).forEach(function (id) { items.push(live[id]); });
+    var items = [];
+    for (var i = 0; i <= end; i++) {
+      if (slots[i]) items = items.concat(slots[i]);
+      if (i < end) items.push(live[messages[i].id] || { key: "m:" + messages[i].id, msg: messages[i] });
+    }
     var confirmed = {};
-    this.view.messages.forEach(function (m) { if (m.client_id) confirmed[m.client_id] = true; });
+    messages.forEach(function (m) { if (m.client_id) confirmed[m.client_id] = true; });
+    // An acknowledged message waiting for its reply is stored: shown by the branch it is on (or,
+    // after a flip away from it, not at all).
     this.entries().forEach(function (e) {
-      if (e.conv === key && !confirmed[e.client_id]) {
+      if (e.conv === key && e.kind !== "regenerate" && !confirmed[e.client_id] && !e.acked) {
         items.push({ key: "c:" + e.client_id, entry: e, state: client.entryState(e) });
       }
     });
@@ -835,7 +1056,7 @@
     this.streamEls = {};
     items.forEach(function (item) {
       keep[item.key] = true;
-      var sig = itemSignature(item);
+      var sig = itemSignature(item, self);
       var el = self.msgList.querySelector('[data-key="' + cssEscape(item.key) + '"]');
       if (!el || el.__sig !== sig) {
         var fresh = self.renderItem(item);
@@ -879,9 +1100,14 @@
                h("span", { class: "cw-sr" }, "You: "), h("div", { class: "cw-bubble cw-plain" }, e.content), meta);
     }
     if (m.role === "user") {
+      var editing = this.editing && this.editing.id === m.id;
       return h("li", { class: "cw-msg cw-user", "data-key": item.key, "data-id": m.id,
                        "data-client-id": m.client_id || null },
-               h("span", { class: "cw-sr" }, "You: "), h("div", { class: "cw-bubble cw-plain" }, m.content));
+               h("span", { class: "cw-sr" }, "You: "),
+               editing ? this.editor(m) : h("div", { class: "cw-bubble cw-plain" }, m.content),
+               editing ? null : h("div", { class: "cw-actions" }, this.versions(m, "Message"),
+                 h("button", { type: "button", class: "cw-act", "data-action": "edit", "aria-label": "Edit message",
+                               on: { click: function () { self.startEdit(m); } } }, "Edit")));
     }
     var status = m.status || "complete";
     var live = status === "streaming" || status === "paused";
@@ -894,10 +1120,64 @@
       if (status === "error" && m.error) metaChildren.push(": " + m.error);
       meta2 = h("div", { class: "cw-meta cw-status" }, metaChildren);
     }
+    var actions = null;
+    if (!live && m.reply_to) {
+      var pending = this.client.regenerating(m.reply_to);
+      actions = h("div", { class: "cw-actions" }, this.versions(m, "Reply"),
+        h("button", { type: "button", class: "cw-act", "data-action": "regenerate", "aria-label": "Regenerate reply",
+                      disabled: !this.canRegenerate(m.reply_to),
+                      on: { click: function () { self.regenerate(m); } } }, pending ? "Regenerating…" : "Regenerate"));
+    }
     return h("li", { class: "cw-msg cw-assistant", "data-key": item.key, "data-id": m.id,
                      "data-status": status === "paused" ? "streaming" : status,
                      "aria-busy": live ? "true" : null },
-             h("span", { class: "cw-sr" }, "Assistant: "), body, meta2);
+             h("span", { class: "cw-sr" }, "Assistant: "), body, meta2, actions);
+  };
+
+  /** "‹ 2 / 3 ›" under a message with siblings: the arrows show the previous or next version. */
+  Widget.prototype.versions = function (m, what) {
+    var self = this;
+    var siblings = m.siblings;
+    var k = siblings ? siblings.indexOf(m.id) : -1;
+    if (!siblings || siblings.length < 2 || k < 0) return null;
+    var n = siblings.length;
+    var flip = function (dir) {
+      var to = dir === "prev" ? k - 1 : k + 1;
+      return function () { self.flipTo(siblings[to], dir, to + 1, n); };
+    };
+    return h("span", { class: "cw-versions", role: "group", "aria-label": what + ", version " + (k + 1) + " of " + n },
+      h("button", { type: "button", class: "cw-flip", "data-flip": "prev", disabled: k === 0,
+                    "aria-label": k > 0 ? "Previous version, " + k + " of " + n : "Previous version",
+                    on: { click: flip("prev") } }, h("span", { "aria-hidden": "true" }, "‹")),
+      h("span", { class: "cw-version-count" }, (k + 1) + " / " + n),
+      h("button", { type: "button", class: "cw-flip", "data-flip": "next", disabled: k === n - 1,
+                    "aria-label": k < n - 1 ? "Next version, " + (k + 2) + " of " + n : "Next version",
+                    on: { click: flip("next") } }, h("span", { "aria-hidden": "true" }, "›")));
+  };
+
+  /** A user message being edited: its text in a box; Enter or Save sends it, Escape or Cancel not. */
+  Widget.prototype.editor = function (m) {
+    var self = this;
+    var area = h("textarea", { class: "cw-edit-input", rows: "2", "aria-label": "Edit your message",
+                               on: { input: function () { if (self.editing) self.editing.draft = area.value;
+                                                          self.sizeEditor(area); },
+                                     keydown: function (e) {
+                                       if (e.key === "Enter" && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
+                                         e.preventDefault();
+                                         self.saveEdit(m);
+                                       } else if (e.key === "Escape") {
+                                         e.preventDefault();
+                                         e.stopPropagation();
+                                         self.cancelEdit();
+                                       }
+                                     } } });
+    area.value = this.editing ? this.editing.draft : m.content;
+    return h("form", { class: "cw-edit", on: { submit: function (e) { e.preventDefault(); self.saveEdit(m); } } },
+      area,
+      h("div", { class: "cw-edit-buttons" },
+        h("button", { type: "button", class: "cw-edit-cancel", on: { click: function () { self.cancelEdit(); } } },
+          "Cancel"),
+        h("button", { type: "submit", class: "cw-edit-save" }, "Save")));
   };
 
   /**
@@ -923,7 +1203,10 @@
       self.client.streaming(self.view.key).forEach(function (r) {
         var el = self.streamEls && self.streamEls[r.id];
         var bubble = el && el.querySelector(".cw-bubble");
-        if (!bubble) { stale = true; return; }
+        if (!bubble) {
+          if (self.onBranch(r)) stale = true; // not rendered yet (a reply on another branch never is)
+          return;
+        }
         bubble.textContent = "";
         bubble.appendChild(renderMarkdown(r.text));
         withCaret(bubble);
@@ -974,13 +1257,16 @@
     failed: function (e) { return "Not sent: " + e.failed.detail; },
   };
 
-  function itemSignature(item) {
+  function itemSignature(item, widget) {
     if (item.entry) {
       var e = item.entry;
       return JSON.stringify([item.state, e.content, e.note || "", e.failed ? e.failed.code : ""]);
     }
     var m = item.msg;
-    return JSON.stringify([m.role, m.status, m.content, m.error || ""]);
+    var sig = [m.role, m.status, m.content, m.error || "", m.siblings || null];
+    if (m.role === "user") sig.push(!!(widget.editing && widget.editing.id === m.id));
+    else if (m.reply_to) sig.push(m.reply_to, widget.client.regenerating(m.reply_to), widget.canRegenerate(m.reply_to));
+    return JSON.stringify(sig);
   }
 
   function shortTime(iso) {
@@ -1098,6 +1384,25 @@
     "[data-status=cancelled] .cw-status-dot,[data-status=interrupted] .cw-status-dot{background:var(--warn)}",
     "[data-status=error] .cw-status{color:var(--bad)}[data-status=error] .cw-status-dot{background:var(--bad)}",
     ".cw-pending[data-state=failed] .cw-meta{color:var(--bad)}",
+    /* under a message: Edit / Regenerate and the versions "‹ 2 / 3 ›" */
+    ".cw-actions{display:flex;align-items:center;flex-wrap:wrap;gap:2px 6px;margin-top:2px;padding:0 2px;",
+    "font-size:12px;color:var(--muted)}",
+    ".cw-act,.cw-flip{border:0;border-radius:6px;background:none;color:var(--muted)}",
+    ".cw-act{padding:3px 7px;font-size:12px}",
+    ".cw-flip{display:inline-flex;align-items:center;justify-content:center;width:24px;height:24px;padding:0;",
+    "font-size:17px;line-height:1}",
+    ".cw-act:hover:not(:disabled),.cw-flip:hover:not(:disabled){background:rgba(127,127,127,.15);color:var(--text)}",
+    ".cw-act:disabled,.cw-flip:disabled{opacity:.4;cursor:default}",
+    ".cw-versions{display:inline-flex;align-items:center;gap:1px}",
+    ".cw-version-count{min-width:3em;text-align:center;font-variant-numeric:tabular-nums}",
+    ".cw-edit{display:flex;flex-direction:column;gap:6px;width:min(85%,640px)}",
+    ".cw-edit-input{width:100%;min-height:44px;max-height:300px;padding:9px 12px;border:1px solid var(--accent);",
+    "border-radius:14px;background:var(--bg);color:inherit;font:inherit;resize:vertical}",
+    ".cw-edit-buttons{display:flex;justify-content:flex-end;gap:8px}",
+    ".cw-edit-save,.cw-edit-cancel{height:32px;padding:0 14px;border-radius:9px;font-size:14px;font-weight:600}",
+    ".cw-edit-save{border:0;background:var(--accent);color:var(--accent-text)}",
+    ".cw-edit-cancel{border:1px solid var(--line);background:var(--bg)}",
+    ".cw-edit-cancel:hover{border-color:var(--accent)}",
     ".cw-caret{display:inline-block;width:7px;height:1em;margin-left:1px;vertical-align:-2px;",
     "background:currentColor;opacity:.5;animation:cw-pulse 1s infinite}",
     /* Markdown */

@@ -390,20 +390,30 @@ def test_server_restart_reconnects_and_a_message_typed_meanwhile_is_delivered_on
 
     server.start()  # same port: the page's URL still points at it
     expect_state(page, "connected")
-    # The history reload shows the interrupted reply; the unfinished first message is sent again
-    # with its client_id (answered as a duplicate, with a new reply), then the one typed meanwhile.
-    expect(replies(page, "interrupted")).to_have_count(1)
+    # The unfinished first message is sent again with its client_id (answered as a duplicate, with
+    # a new reply), then the one typed meanwhile. The new reply is the interrupted one's sibling,
+    # on the branch shown ("2 / 2"); the interrupted one is a flip away.
     expect(replies(page, "complete")).to_have_count(2)
     expect(user_bubbles(page, typed)).to_have_count(1)
     expect(page.locator(".cw-pending")).to_have_count(0)
     assert saved(page, "outbox") == []
+    again = replies(page, "complete").first
+    expect(again.locator(".cw-version-count")).to_have_text("2 / 2")
+    expect(replies(page, "interrupted")).to_have_count(0)
 
     rest = Rest(server, saved(page, "token"))
-    stored = rest.all_messages(only_conversation(rest)["id"])
+    conversation_id = only_conversation(rest)["id"]
+    stored = rest.all_messages(conversation_id)  # the current branch
     assert [m["content"] for m in stored if m["role"] == "user"] == [first, typed]
-    assert [m["status"] for m in stored if m["role"] == "assistant"] == ["interrupted", "complete", "complete"]
+    assert [m["status"] for m in stored if m["role"] == "assistant"] == ["complete", "complete"]
     assert stored[-1]["content"] == f"You said: {typed}"
     assert page.locator(".cw-msg").count() == len(stored)
+    everything = rest.http.get(f"/api/conversations/{conversation_id}/tree").json()["items"]
+    assert [m["status"] for m in everything if m["role"] == "assistant"] == ["interrupted", "complete", "complete"]
+
+    again.get_by_role("button", name="Previous version, 1 of 2", exact=True).click()
+    expect(replies(page, "interrupted")).to_have_count(1)
+    expect(user_bubbles(page, typed)).to_have_count(0)  # it follows the new reply, on the other branch
 
 
 def test_a_message_typed_while_the_server_is_down_survives_a_reload(
