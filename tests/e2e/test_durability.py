@@ -93,11 +93,14 @@ async def kill_after_ack(server: ServerProcess) -> None:
         assert c2.user_id == user_id
         await c2.message(content, client_id=k)
         done = check_fresh_reply(await read_until_turn_ends(c2), ack, content)
+        # The current branch ends with the fresh reply; the interrupted one is its sibling.
         h = await c2.history(ack["conversation_id"])
-        assert rows(h["messages"]) == [("user", content, "complete"), ("assistant", "", "interrupted"),
-                                       ("assistant", ECHO + content, "complete")]
-        assert h["messages"][2]["id"] == done["message_id"]
-        assert h["messages"][2]["reply_to"] == ack["message_id"]
+        assert rows(h["messages"]) == [("user", content, "complete"), ("assistant", ECHO + content, "complete")]
+        assert h["messages"][1]["id"] == done["message_id"] and h["leaf_id"] == done["message_id"]
+        assert h["messages"][1]["reply_to"] == ack["message_id"]
+        assert h["messages"][1]["siblings"] == [stored[1]["id"], done["message_id"]]
+        assert rows(Rest(server, token).every_message(ack["conversation_id"])) == [
+            ("user", content, "complete"), ("assistant", "", "interrupted"), ("assistant", ECHO + content, "complete")]
     finally:
         await c2.close()
 
@@ -127,7 +130,7 @@ async def repeated_kills(server: ServerProcess) -> None:
         server.kill()
         await c.close()
         server.restart()
-        stored = Rest(server, token).all_messages(conversation)
+        stored = Rest(server, token).every_message(conversation)
         # Every message acknowledged so far, exactly as sent, and the start after each kill stored
         # the reply that died with it as interrupted, with no more than the client had seen.
         users = [m for m in stored if m["role"] == "user"]
@@ -148,7 +151,7 @@ async def repeated_kills(server: ServerProcess) -> None:
             await c.close()
 
     dones = await asyncio.gather(*(resend(a, text) for a, text in acked))
-    stored = Rest(server, token).all_messages(conversation)
+    stored = Rest(server, token).every_message(conversation)  # the whole tree: each fresh reply beside its first
     users = [m for m in stored if m["role"] == "user"]
     replies = {m["reply_to"]: m for m in stored if m["role"] == "assistant" and m["status"] == "complete"}
     assert [m["id"] for m in users] == [a["message_id"] for a, _ in acked] and len(stored) == 3 * len(acked)

@@ -211,7 +211,7 @@ async def test_kill_9_mid_reply_tells_the_other_processs_follower_and_regenerate
         assert time.monotonic() - killed < 30
         assert fresh.done["message_id"] == starts[-1]["message_id"]
         assert fresh.done["status"] == "complete" and fresh.done["content"].endswith(words(120).split()[-1])
-        stored = Rest(b, ca.token).all_messages(conv)
+        stored = Rest(b, ca.token).every_message(conv)  # the interrupted reply and its sibling
         replies = replies_by_message(stored)[t.ack["message_id"]]
         assert [(m["id"], m["status"]) for m in replies] == [(reply_id, "interrupted"),
                                                               (starts[-1]["message_id"], "complete")]

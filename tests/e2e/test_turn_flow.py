@@ -290,17 +290,22 @@ async def test_resend_after_an_interrupted_reply_generates_a_fresh_one(stopping_
         assert fresh.start["reply_to"] == cut.ack["message_id"]
         assert fresh.done["status"] == "complete" and fresh.done["content"] == fresh.text == echo(long)
         assert fresh.done["message_id"] != interrupted["id"]
-        messages = rest.all_messages(conv)
-        assert messages[1] == interrupted
+        # Stored beside the interrupted one, as its sibling; the current branch ends with it.
+        messages = rest.every_message(conv)
+        assert {k: v for k, v in messages[1].items() if k != "siblings"} == \
+            {k: v for k, v in interrupted.items() if k != "siblings"}
         assert rows(messages) == [("user", long, "complete"),
                                   ("assistant", interrupted["content"], "interrupted"),
                                   ("assistant", echo(long), "complete")]
         assert [m["reply_to"] for m in messages[1:]] == [cut.ack["message_id"]] * 2
+        branch = rest.all_messages(conv)
+        assert [m["id"] for m in branch] == [cut.ack["message_id"], fresh.done["message_id"]]
+        assert branch[1]["siblings"] == [interrupted["id"], fresh.done["message_id"]]
 
         again = await c2.turn("whatever", client_id=k)
         assert again.types() == ["ack", "done"], again.frames
         assert again.ack["duplicate"] is True and again.done == fresh.done
-        assert len(rest.all_messages(conv)) == 3
+        assert len(rest.every_message(conv)) == 3
     finally:
         await c2.close()
 
