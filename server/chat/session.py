@@ -217,9 +217,9 @@ class ChatSession:
             leaf = await self.svc.db.write(
                 lambda store: tree.select_branch(store, frame.conversation_id, self.user_id, frame.message_id))
         except NotFound:
-            await self._refuse(FrameError(ErrorCode.NOT_FOUND, frames.NO_SUCH_MESSAGE))
+            await self._refuse(FrameError(ErrorCode.NOT_FOUND, frames.NO_SUCH_MESSAGE, frame.client_id))
             return
-        await self.sink.send(outgoing.selected(frame.conversation_id, leaf))
+        await self.sink.send(outgoing.selected(frame.conversation_id, leaf, frame.client_id))
         self.svc.bus.announce_selected(self.user_id, frame.conversation_id, leaf, self.sink)
 
     async def _refuse(self, e: FrameError) -> None:

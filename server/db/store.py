@@ -84,8 +84,10 @@ def _next_seq(user_message: bool, unless_client_id_used: bool = False, where: An
 
 _NEXT_SEQ = _next_seq(user_message=True)
 _NEXT_SEQ_OF_REPLY = _next_seq(user_message=False)
-_LEAF_OF = select(conversations.c.leaf_id).where(conversations.c.id == _p("p_conversation_id"),
-                                                 conversations.c.user_id == _p("p_user_id"))
+def _leaf_and_client_id() -> Any:
+    c = conversations.c
+    return select(c.leaf_id, _client_id_used().label("taken")).where(
+        c.id == _p("p_conversation_id"), c.user_id == _p("p_user_id"))
 _OWNS: Select[Any] = select(literal_column("1")).where(conversations.c.id == _p("p_conversation"),
                                                       conversations.c.user_id == _p("p_user"))
 _BY_CLIENT_ID = select(*MESSAGE_COLUMNS).where(messages.c.user_id == _p("p_user"),
@@ -181,6 +183,7 @@ def _claiming(appended: Any) -> Any:
     return select(appended.c.seq, appended.c.parent_id).add_cte(flight)
 
 
+_LEAF_AND_CLIENT_ID = _leaf_and_client_id()  # SQLite: what a user message's append reads first
 APPEND_CLAIMING = _append_statement(claiming=True)  # a user message
 APPEND_RELEASING = _append_statement(claiming=False)  # a reply
 START_CONVERSATION = _start_statement()
@@ -313,16 +316,19 @@ class Store:
             statement = APPEND_CLAIMING if claim is not None else APPEND_RELEASING
             row = self.conn.execute(statement, append_params(message, user_id, claim)).first()
             return None if row is None else dataclasses.replace(message, seq=row.seq, parent_id=row.parent_id)
-        if message.client_id is not None and self.client_id_taken(user_id, message.client_id):
-            return None
         seq = None
-        if message.role == "user":  # it follows the current leaf (the writer's transaction is the lock)
-            found = self.conn.execute(_LEAF_OF, {"p_conversation_id": message.conversation_id,
-                                                 "p_user_id": user_id}).first()
+        if message.role == "user":
+            # One read: the conversation is the user's, its leaf (which the message follows: the
+            # writer's transaction is the lock), and whether the client_id was used before.
+            found = self.conn.execute(_LEAF_AND_CLIENT_ID, {
+                "p_conversation_id": message.conversation_id, "p_user_id": user_id,
+                "p_client_id": message.client_id}).first()
+            if found is not None and found.taken:
+                return None
             if found is not None:
                 message = dataclasses.replace(message, parent_id=found.leaf_id)
                 seq = self._take_seq(message, user_id)
-        else:
+        else:  # a reply has no client_id of its own
             seq = self._take_seq(message, user_id)
         if seq is not None:
             message = dataclasses.replace(message, seq=seq)

@@ -62,6 +62,7 @@ class RegenerateFrame:
 class SelectFrame:
     conversation_id: str
     message_id: str  # the branch through it becomes current
+    client_id: str | None = None  # repeated in the answer, so that a client can match it
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,12 +183,13 @@ def _regenerate(obj: dict[str, Any]) -> RegenerateFrame:
 
 
 def _select(obj: dict[str, Any]) -> SelectFrame:
+    client_id, echo_id = _client_id(obj)
     conversation_id, message_id = obj.get("conversation_id"), obj.get("message_id")
     if not isinstance(conversation_id, str) or not isinstance(message_id, str):
-        raise FrameError(ErrorCode.INVALID, "select needs conversation_id and message_id (strings)")
+        raise FrameError(ErrorCode.INVALID, "select needs conversation_id and message_id (strings)", echo_id)
     if not known_id(conversation_id) or not known_id(message_id):
-        raise FrameError(ErrorCode.NOT_FOUND, NO_SUCH_MESSAGE)
-    return SelectFrame(conversation_id, message_id)
+        raise FrameError(ErrorCode.NOT_FOUND, NO_SUCH_MESSAGE, echo_id)
+    return SelectFrame(conversation_id, message_id, client_id)
 
 
 def _content(content: Any, max_chars: int, client_id: str | None) -> str:

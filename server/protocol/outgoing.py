@@ -99,8 +99,12 @@ def history(conversation_id: str, messages: list[MessageRecord], has_more: bool,
             "has_more": has_more, "leaf_id": leaf_id}
 
 
-def selected(conversation_id: str, leaf_id: str) -> dict[str, Any]:
-    return {"type": "selected", "conversation_id": conversation_id, "leaf_id": leaf_id}
+def selected(conversation_id: str, leaf_id: str, client_id: str | None = None) -> dict[str, Any]:
+    """To the socket that selected (with its select's client_id, if any) and to its user's sync sockets."""
+    frame = {"type": "selected", "conversation_id": conversation_id, "leaf_id": leaf_id}
+    if client_id is not None:
+        frame["client_id"] = client_id
+    return frame
 
 
 def message_added(m: MessageRecord) -> dict[str, Any]:

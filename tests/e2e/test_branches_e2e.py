@@ -307,6 +307,23 @@ async def test_regenerate_while_a_reply_to_that_message_streams_is_busy_and_stor
 
 # -- select --------------------------------------------------------------------------------------------
 @aio
+async def test_a_selects_client_id_comes_back_in_its_answer_and_its_refusal(server):
+    """An extension of select: without it a client could match a select's error to its request
+    only by the order it sent them (a resume's error carries no client_id either)."""
+    async with sockets(server) as user:
+        c = await user()
+        t = await c.complete("one", conversation_id=None)
+        conv = t.ack["conversation_id"]
+        await c.send({"type": "select", "conversation_id": conv, "message_id": t.ack["message_id"],
+                      "client_id": "sel-ok"})
+        assert await c.recv() == {"type": "selected", "conversation_id": conv, "leaf_id": t.done["message_id"],
+                                  "client_id": "sel-ok"}
+        await c.send({"type": "select", "conversation_id": conv, "message_id": "0" * 36, "client_id": "sel-bad"})
+        refused = await c.recv()
+        assert refused["type"] == "error" and refused["code"] == "not_found" and refused["client_id"] == "sel-bad"
+
+
+@aio
 async def test_select_makes_the_newest_leaf_below_a_message_current_and_tells_sync_tabs(server):
     async with sockets(server) as user:
         c = await user()

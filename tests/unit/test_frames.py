@@ -301,3 +301,17 @@ def test_storable_text_drops_what_neither_database_takes_and_keeps_the_rest():
     assert storable_text("a\x00b") == "ab"
     assert storable_text("half \ud83d pair \udfff") == "half  pair "
     assert storable(storable_text("x\x00\ud800y😀"))
+
+
+def test_select_takes_an_optional_client_id_and_repeats_it_in_its_refusals():
+    from server.protocol.frames import SelectFrame
+
+    ok = parse('{"type":"select","conversation_id":"c","message_id":"m","client_id":"sel-1"}', 100)
+    assert ok == SelectFrame("c", "m", "sel-1")
+    assert parse('{"type":"select","conversation_id":"c","message_id":"m"}', 100) == SelectFrame("c", "m")
+    for raw, code in (('{"type":"select","conversation_id":"c","client_id":"sel-2"}', ErrorCode.INVALID),
+                      ('{"type":"select","conversation_id":"c","message_id":"' + "x" * 40 + '","client_id":"sel-2"}',
+                       ErrorCode.NOT_FOUND)):
+        with pytest.raises(FrameError) as e:
+            parse(raw, 100)
+        assert (e.value.code, e.value.client_id) == (code, "sel-2")
