@@ -12,17 +12,15 @@ follows it, as the crash sweep does.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from server import metrics
-from server.db.errors import DatabaseUnavailable
 from server.db.store import Store
 from server.db.uow import Database
 from server.domain import Orphan, utcnow
+from server.recovery.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -61,32 +59,20 @@ async def sweep_own(db: Database, owner: str, running: Callable[[str], bool],
     return swept
 
 
-class OwnClaims:
+class OwnClaims(Periodic):
     """Runs `sweep_own` every `every_s` until closed."""
+
+    what = "the sweep of this process's own claims"
 
     def __init__(self, db: Database, owner: str, running: Callable[[str], bool],
                  on_swept: Callable[[list[Orphan]], Awaitable[None]], every_s: float = 5.0):
-        self.db, self.owner, self.running, self.on_swept, self.every_s = db, owner, running, on_swept, every_s
-        self._task: asyncio.Task[None] | None = None
+        super().__init__(every_s)
+        self.db, self.owner, self.running, self.on_swept = db, owner, running, on_swept
 
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.every_s)
-            try:
-                swept = await sweep_own(self.db, self.owner, self.running)
-                if swept:
-                    await self.on_swept(swept)
-            except DatabaseUnavailable:
-                log.warning("the sweep of this process's own claims failed; trying again in %.1fs", self.every_s)
-            except Exception:
-                log.exception("the sweep of this process's own claims failed")
+    async def tick(self) -> None:
+        swept = await sweep_own(self.db, self.owner, self.running)
+        if swept:
+            await self.on_swept(swept)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-            self._task = None
+        await self.stop()

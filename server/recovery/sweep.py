@@ -14,7 +14,6 @@ reply, with the text its last checkpoint saw (often empty).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from server.db.store import Store
 from server.db.uow import Database, DatabaseUnavailable
 from server.domain import Orphan
 from server.recovery import leases
+from server.recovery.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -77,38 +77,26 @@ async def sweep_at_start(db: Database, owner: str, times: LeaseTimes) -> list[Or
     return swept
 
 
-class Heartbeat:
+class Heartbeat(Periodic):
     """Renews this process's lease and sweeps the dead ones', every `heartbeat_s`, until closed;
     then removes the lease at once (a clean exit leaves nothing for others to sweep)."""
 
+    what = "lease renewal or sweep"
+
     def __init__(self, db: Database, owner: str, times: LeaseTimes,
                  on_swept: Callable[[list[Orphan]], Awaitable[None]]):
+        super().__init__(times.heartbeat_s)
         self.db, self.owner, self.times, self.on_swept = db, owner, times, on_swept
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
+    async def tick(self) -> None:
         times = self.times
-        while True:
-            await asyncio.sleep(times.heartbeat_s)
-            try:
-                await self.db.write(lambda store: leases.renew(store, self.owner, times.lease_s, times.named_session))
-                swept = await sweep_dead(self.db, self.owner, times)
-                if swept:
-                    await self.on_swept(swept)
-            except DatabaseUnavailable:
-                log.warning("lease renewal or sweep failed; trying again in %.1fs", times.heartbeat_s)
-            except Exception:
-                log.exception("lease renewal or sweep failed")
+        await self.db.write(lambda store: leases.renew(store, self.owner, times.lease_s, times.named_session))
+        swept = await sweep_dead(self.db, self.owner, times)
+        if swept:
+            await self.on_swept(swept)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-            self._task = None
+        await self.stop()
         try:
             await self.db.write(lambda store: leases.release(store, self.owner))
         except DatabaseUnavailable:
