@@ -136,6 +136,26 @@ def slow_server(db: str, session_servers: ServerFactory) -> ServerProcess:
     return session_servers(db, CHAT_ECHO_DELAY_MS=50)
 
 
+@pytest.fixture
+def pair(make_server: ServerFactory, tmp_root: Path,
+         request: pytest.FixtureRequest) -> Iterator[Callable[..., tuple[ServerProcess, ServerProcess]]]:
+    """pair(**env): two processes on one fresh PostgreSQL database (skipped, with the reason, without it)."""
+    extra: list[ServerProcess] = []
+
+    def make(**env: object) -> tuple[ServerProcess, ServerProcess]:
+        a = make_server("postgres", **env)
+        b = ServerProcess(a.db_url, {k: str(v) for k, v in env.items()},
+                          Path(tempfile.mkdtemp(prefix="srv-b-", dir=tmp_root)))
+        extra.append(b)
+        return a, b.start()
+
+    yield make
+    for s in extra:
+        if getattr(request.node, "rep_call_failed", False):
+            print(f"--- log of the second process ---\n{s.log_tail(60)}")
+        s.kill()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     report = yield

@@ -5,38 +5,16 @@ process."""
 from __future__ import annotations
 
 import asyncio
-import tempfile
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from support.client import Client, Rest, Turn, aio, cid, words
-from support.servers import ServerProcess
 
 pytestmark = [pytest.mark.postgres]
 
-Pair = Callable[..., tuple[ServerProcess, ServerProcess]]
 ECHO = "You said: "
 
 
-@pytest.fixture
-def pair(make_server, tmp_root: Path, request: pytest.FixtureRequest) -> Iterator[Pair]:
-    """pair(**env): two processes, P1 and P2, on one fresh PostgreSQL database."""
-    extra: list[ServerProcess] = []
-
-    def make(**env: object) -> tuple[ServerProcess, ServerProcess]:
-        p1 = make_server("postgres", **env)
-        p2 = ServerProcess(p1.db_url, {k: str(v) for k, v in env.items()},
-                           Path(tempfile.mkdtemp(prefix="srv-p2-", dir=tmp_root)))
-        extra.append(p2)
-        return p1, p2.start()
-
-    yield make
-    for s in extra:
-        if getattr(request.node, "rep_call_failed", False):
-            print(f"--- log of P2 ---\n{s.log_tail(60)}")
-        s.kill()
 
 
 def regenerate_frame(reply_to: str, client_id: str | None = None) -> dict[str, Any]:

@@ -8,7 +8,6 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,26 +16,8 @@ from support.servers import ServerProcess, pg_execute
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
-Pair = Callable[..., tuple[ServerProcess, ServerProcess]]
 
 
-@pytest.fixture
-def pair(make_server, tmp_root: Path, request: pytest.FixtureRequest) -> Iterator[Pair]:
-    """pair(**env): two processes on one fresh PostgreSQL database."""
-    extra: list[ServerProcess] = []
-
-    def make(**env: object) -> tuple[ServerProcess, ServerProcess]:
-        a = make_server("postgres", **env)
-        b = ServerProcess(a.db_url, {k: str(v) for k, v in env.items()},
-                          Path(tempfile.mkdtemp(prefix="srv-b-", dir=tmp_root)))
-        extra.append(b)
-        return a, b.start()
-
-    yield make
-    for s in extra:
-        if getattr(request.node, "rep_call_failed", False):
-            print(f"--- log of the second process ---\n{s.log_tail(60)}")
-        s.kill()
 
 
 def dbname(server: ServerProcess) -> str:
