@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 from alembic import context
 from server.config import Settings
 from server.db.engine import make_engine
+from server.db import search_index
 from server.db.schema import metadata
 
 config = context.config
@@ -23,6 +24,7 @@ def run_on(connection: Connection) -> None:
         target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=lambda obj, name, type_, reflected, compare_to: not search_index.is_search_object(name),
     )
     with context.begin_transaction():
         context.run_migrations()

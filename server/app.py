@@ -18,6 +18,7 @@ from server.config import Settings
 from server.db.uow import DatabaseUnavailable
 from server.protocol import outgoing
 from server.resources import static_dir
+from server.web import conversation_api
 from server.web.guards import Guards
 from server.web.http_api import router
 from server.web.ws_endpoint import handle_socket
@@ -47,11 +48,13 @@ class ChatApp:
                             docs_url="/docs" if docs else None, openapi_url="/openapi.json" if docs else None)
         self.http.state.guards = self.guards
         self.http.include_router(router)
+        self.http.include_router(conversation_api.router)
         self.http.add_exception_handler(DatabaseUnavailable, database_unavailable)
         self.http.mount("/static", StaticFiles(directory=static_dir()), name="static")
         # Pages on the allowed origins (an embedded widget) may call the HTTP API; no one else.
         self.http.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins,
-                                 allow_methods=["GET", "DELETE"], allow_headers=["Authorization"], max_age=600)
+                                 allow_methods=["GET", "DELETE", "PATCH", "PUT"],
+                                 allow_headers=["Authorization", "Content-Type"], max_age=600)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] in ("http", "websocket") and not self.guards.host_allowed(scope):

@@ -17,7 +17,9 @@ from server.auth import OPEN_MODE_SECRET_NAME, Authenticator
 from server.chat.backends import make_backend
 from server.chat.hub import Hub
 from server.chat.limits import UserLimits
+from server.chat.models import ModelCatalog
 from server.chat.services import Services
+from server.chat.titles import Titler
 from server.config import Settings
 from server.db.engine import make_engine
 from server.db.pg_turn_writes import PgTurnWrites
@@ -62,8 +64,9 @@ async def start_services(settings: Settings) -> Services:
         bus, heartbeat, on_swept = await _start_many_processes(settings, db, owner)
     own_claims = OwnClaims(db, owner, bus.running, on_swept)
     own_claims.start()
-    return Services(settings, db, bus, Hub(bus), make_backend(settings), auth, limits, owner, heartbeat,
-                    own_claims)
+    backend = make_backend(settings)
+    return Services(settings, db, bus, Hub(bus), backend, auth, limits, owner,
+                    Titler(db, backend, bus, settings), ModelCatalog(backend, settings), heartbeat, own_claims)
 
 
 async def _start_many_processes(

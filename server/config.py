@@ -99,7 +99,15 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(default=None, validation_alias=AliasChoices("OPENAI_BASE_URL"))
     openai_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("OPENAI_API_KEY"))
     model: str = "gpt-4o-mini"
+    # The models a conversation may choose (GET /api/models); empty: the backend's own list.
+    models: Annotated[list[str], NoDecode] = []
+    models_cache_s: float = Field(default=300.0, ge=0)  # how long the backend's list is kept
     system_prompt: str = "You are a helpful assistant."
+    # A conversation's title: "words" (its first message's first words) or "model" (after its first
+    # reply, one short request to the backend; the first words stay if it fails).
+    titles: Literal["words", "model"] = "words"
+    title_timeout_s: float = Field(default=10.0, gt=0)
+    title_max_tokens: int = Field(default=64, ge=8)  # room for a short reasoning preamble, stripped
     # Context sent with each turn: the latest messages that fit, oldest dropped first.
     context_messages: int = Field(default=40, ge=0)
     context_chars: int = Field(default=24_000, ge=0)
@@ -132,6 +140,13 @@ class Settings(BaseSettings):
     def _split_origins(cls, v: object) -> object:
         if isinstance(v, str):
             return [o.strip().rstrip("/") for o in v.split(",") if o.strip()]
+        return v
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [m.strip() for m in v.split(",") if m.strip()]
         return v
 
     @field_validator("allowed_hosts", mode="before")

@@ -53,6 +53,17 @@ class MessageRecord:
     first_token_ms: int | None = None
     error: str | None = None
     parent_id: str | None = None  # the message it follows in its conversation's tree (None: a root)
+    # The person's rating of an assistant reply (-1, 0, 1) and comment; read with READ_COLUMNS only.
+    feedback_rating: int | None = None
+    feedback_comment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    """A conversation's own system prompt and model (None: the server's defaults)."""
+
+    system_prompt: str | None = None
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

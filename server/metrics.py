@@ -27,3 +27,5 @@ FIRST_DELTA_SECONDS = Histogram(
     "chat_time_to_first_delta_seconds", "From the user's message to the first delta of its reply",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 DB_POOL_CHECKED_OUT = Gauge("chat_db_pool_checked_out", "Database connections checked out of the pool now")
+FEEDBACK = Counter("chat_feedback_total", "Ratings people gave replies (PUT /api/messages/{id}/feedback)",
+                   ["rating", "model"])

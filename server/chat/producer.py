@@ -19,9 +19,10 @@ from server import metrics
 from server.chat.backends import Backend, BackendError, ContextMessage, ModelRequest, ReplyStats
 from server.chat.commit_points import store_reply
 from server.config import Settings
-from server.db import tree
+from server.db import conversations, tree
+from server.db.store import Store
 from server.db.uow import Database, DatabaseUnavailable
-from server.domain import MessageRecord, ReplyMeta
+from server.domain import MessageRecord, ModelSettings, ReplyMeta
 from server.protocol.codes import ErrorCode
 from server.protocol.frames import storable_text
 from server.replies.ports import ReplyPublishing
@@ -56,6 +57,8 @@ class ReplyDeps:
     bus: ReplyPublishing
     backend: Backend
     settings: Settings
+    # Told of every reply stored (a conversation's first one may earn a title); must not block.
+    after_reply: Callable[[MessageRecord, MessageRecord], None] | None = None
 
 
 async def produce(deps: ReplyDeps, reply: LiveReply, message: MessageRecord, received_at: float) -> None:
@@ -73,7 +76,9 @@ async def _generate_and_store(deps: ReplyDeps, reply: LiveReply, message: Messag
     draft = Draft(received_at)
     status, detail = "interrupted", None
     try:
-        turn = ModelRequest(message.conversation_id, message.content, await _context(deps, message), draft.stats)
+        context, settings = await _context(deps, message)
+        turn = ModelRequest(message.conversation_id, message.content, context, draft.stats,
+                            settings.system_prompt, settings.model)
 
         checkpoint = Checkpointer(deps, reply)
 
@@ -110,6 +115,8 @@ async def _generate_and_store(deps: ReplyDeps, reply: LiveReply, message: Messag
     metrics.TURNS.labels(status).inc()
     if stored is None:  # the conversation was deleted while the reply was being stored
         return Outcome(None, ErrorCode.NOT_FOUND)
+    if deps.after_reply is not None:
+        deps.after_reply(message, stored)
     return Outcome(stored)
 
 
@@ -142,12 +149,19 @@ class Checkpointer:
             self.writing = None
 
 
-async def _context(deps: ReplyDeps, message: MessageRecord) -> list[ContextMessage]:
+async def _context(deps: ReplyDeps, message: MessageRecord) -> tuple[list[ContextMessage], ModelSettings]:
+    """What the backend sees before `message`, and the conversation's settings: one read, and
+    none at all for a backend that wants neither (echo)."""
     wanted = deps.backend.context_messages
-    if not wanted:
-        return []
-    page = await deps.db.read(lambda store: tree.context_path(store, message, wanted))
-    return [ContextMessage(m.role, m.content, m.status) for m in page]
+    if not wanted and not deps.backend.uses_settings:
+        return [], ModelSettings()
+
+    def read(store: Store) -> tuple[list[MessageRecord], ModelSettings]:
+        path = tree.context_path(store, message, wanted)
+        return path, conversations.model_settings(store, message.conversation_id) or ModelSettings()
+
+    page, settings = await deps.db.read(read)
+    return [ContextMessage(m.role, m.content, m.status) for m in page], settings
 
 
 async def stream_reply(backend: Backend, turn: ModelRequest, reply: LiveReply,

@@ -13,7 +13,9 @@ from server.auth import Authenticator
 from server.chat.backends import Backend
 from server.chat.hub import Hub
 from server.chat.limits import UserLimits
+from server.chat.models import ModelCatalog
 from server.chat.producer import ReplyDeps
+from server.chat.titles import Titler
 from server.config import Settings
 from server.db.uow import Database
 from server.recovery.own_claims import OwnClaims
@@ -31,15 +33,18 @@ class Services:
     auth: Authenticator
     limits: UserLimits
     owner: str  # this process incarnation: recorded with every reply it generates
+    titler: Titler
+    models: ModelCatalog
     heartbeat: Heartbeat | None = None  # PostgreSQL: this process's lease
     own_claims: OwnClaims | None = None  # stores the claims this process holds but no longer runs
 
     @cached_property
     def reply_deps(self) -> ReplyDeps:
         """Built once, not per socket (every session's turn runner holds it)."""
-        return ReplyDeps(self.db, self.bus, self.backend, self.settings)
+        return ReplyDeps(self.db, self.bus, self.backend, self.settings, self.titler.after_reply)
 
     async def close(self) -> None:
+        await self.titler.close()
         if self.own_claims is not None:
             await self.own_claims.close()
         await self.bus.close()

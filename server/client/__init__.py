@@ -30,15 +30,38 @@ reply generated to one (a turn too, with its own `client_id`: resent after a dro
 exactly one reply), `select()` makes the branch through a message current, `history(leaf=...)`
 reads another branch, `tree()` lists every message of every branch (HTTP, with the client's token).
 
+Over HTTP too: `conversations(q=...)` lists the user's conversations (`Conversation`s, a page at a
+time; `conversation(id)` gives one), `rename()` and `settings(system_prompt=..., model=...)` change
+one (a setting left out stays, None is the server's default; `models()` lists the choices),
+`search(q)` finds the user's messages (`SearchHit`s; `search_all()` walks every page), `export()`
+gives a conversation as JSON (a dict, every branch) or Markdown (text, the current branch),
+`feedback()` rates a reply (`Message.feedback` in history). A `sync=True` client hears
+`conversation_updated` events (`event.conversation`).
+
 The names below are the public API; the modules of this package are its inner parts.
 """
 
-from .chat_client import ChatClient
+from .chat_client import UNCHANGED, ChatClient
 from .errors import ChatError, ChatTimeout, ConnectionFailed, Refused
-from .results import Event, HistoryPage, Message, Reply, ReplyInFlight, Tree, TreeNode
+from .results import (
+    Conversation,
+    ConversationPage,
+    Event,
+    Feedback,
+    HistoryPage,
+    Message,
+    Models,
+    Reply,
+    ReplyInFlight,
+    SearchHit,
+    SearchPage,
+    Tree,
+    TreeNode,
+)
 from .stream import ReplyStream
 
 __all__ = [
-    "ChatClient", "ChatError", "ChatTimeout", "ConnectionFailed", "Event", "HistoryPage", "Message",
-    "Refused", "Reply", "ReplyInFlight", "ReplyStream", "Tree", "TreeNode",
+    "UNCHANGED", "ChatClient", "ChatError", "ChatTimeout", "ConnectionFailed", "Conversation", "ConversationPage",
+    "Event", "Feedback", "HistoryPage", "Message", "Models", "Refused", "Reply", "ReplyInFlight", "ReplyStream",
+    "SearchHit", "SearchPage", "Tree", "TreeNode",
 ]

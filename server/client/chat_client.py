@@ -13,22 +13,39 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
-from urllib.parse import quote
+from typing import Any, Final, Literal, TypeAlias, overload
+from urllib.parse import quote, urlencode
 
 from websockets.asyncio.client import ClientConnection
 
 from .connection import Connection
 from .dispatch import Dispatcher
-from .entries import CURRENT, CurrentConversation, Entry, Parent, Request, Target
+from .entries import CURRENT, Absent, CurrentConversation, Entry, Parent, Request, Target
 from .errors import ChatError, ChatTimeout
 from .outbox import Outbox
 from .pending import Pending
-from .rest import api_base, get_json
-from .results import Event, HistoryPage, Message, Reply, ReplyInFlight, Tree, TreeNode
+from .rest import api_base, get_json, get_text, patch_json, put_json
+from .results import (
+    Conversation,
+    ConversationPage,
+    Event,
+    Feedback,
+    HistoryPage,
+    Message,
+    Models,
+    Reply,
+    ReplyInFlight,
+    SearchHit,
+    SearchPage,
+    Tree,
+    TreeNode,
+)
 from .stream import ReplyStream
 
 log = logging.getLogger("server.client")
+
+UNCHANGED: Final = Absent()  # a conversation setting left as it is (None: back to the server's default)
+Setting: TypeAlias = str | None | Absent
 
 
 class ChatClient:
@@ -40,7 +57,8 @@ class ChatClient:
     other sockets (`events()`). `timeout`: the default wait for a reply or an answer.
     `connect_timeout`: one connection attempt. `retries`, `backoff`, `max_backoff`: how many times,
     and how far apart (doubling, with jitter), a connection is tried again before `ConnectionFailed`.
-    `http_url`: the HTTP API's base, for `tree()` (default: `url` as http(s), without its `/ws`).
+    `http_url`: the HTTP API's base, for `tree()` and the other HTTP calls (default: `url` as
+    http(s), without its `/ws`).
     """
 
     def __init__(self, url: str, token: str | None = None, *, conversation_id: str | None = None,
@@ -232,13 +250,119 @@ class ChatClient:
         """Every message of a conversation (default: the current one) on every branch, without
         contents, and its current leaf; from the HTTP API, with this client's token."""
         conversation_id = self._conversation(conversation_id)
-        self._check_usable()
-        headers = dict(self.headers)
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
-        url = f"{self.http_url}/api/conversations/{quote(conversation_id, safe='')}/tree"
-        body = await get_json(url, headers, self.timeout if timeout is None else timeout)
+        body = await self._http("GET", f"/api/conversations/{_segment(conversation_id)}/tree", timeout=timeout)
         return Tree(conversation_id, body.get("leaf_id"), [TreeNode.from_wire(m) for m in body.get("items") or []])
+
+    async def conversations(self, q: str | None = None, *, before: str | None = None, limit: int | None = None,
+                            timeout: float | None = None) -> ConversationPage:
+        """A page of the user's conversations, most recently updated first (HTTP). `q`: only those
+        whose title contains every word of it; `before`: the last id of the previous page;
+        `limit`: the page's size (the server's default when None)."""
+        body = await self._http("GET", "/api/conversations", query={"q": q, "before": before, "limit": limit},
+                                timeout=timeout)
+        return ConversationPage([Conversation.from_wire(c) for c in body.get("items") or []],
+                                bool(body.get("has_more")))
+
+    async def conversation(self, conversation_id: str | None = None, *,
+                           timeout: float | None = None) -> Conversation:
+        """One of the user's conversations (None: the current one) with its settings; `not_found`
+        for someone else's or an unknown one."""
+        path = f"/api/conversations/{_segment(self._conversation(conversation_id))}"
+        return Conversation.from_wire(await self._http("GET", path, timeout=timeout))
+
+    async def rename(self, conversation_id: str | None, title: str, *, timeout: float | None = None) -> Conversation:
+        """Give a conversation (None: the current one) a title of the user's (1 to 200 characters),
+        which the server never replaces. The user's `sync=True` clients hear `conversation_updated`."""
+        return await self._patch_conversation(conversation_id, {"title": title}, timeout)
+
+    async def settings(self, conversation_id: str | None, *, system_prompt: Setting = UNCHANGED,
+                       model: Setting = UNCHANGED, timeout: float | None = None) -> Conversation:
+        """Change a conversation's (None: the current one's) system prompt and/or model, one of
+        `models()`; a setting left out stays as it is, None puts it back to the server's default.
+        An unknown model or a prompt too long: `ChatError` code `invalid`."""
+        changes: dict[str, Any] = {}
+        if not isinstance(system_prompt, Absent):
+            changes["system_prompt"] = system_prompt
+        if not isinstance(model, Absent):
+            changes["model"] = model
+        if not changes:
+            raise ValueError("settings() changes nothing: pass system_prompt= and/or model=")
+        return await self._patch_conversation(conversation_id, changes, timeout)
+
+    async def models(self, *, timeout: float | None = None) -> Models:
+        """The models a conversation may be set to, and the server's default."""
+        body = await self._http("GET", "/api/models", timeout=timeout)
+        return Models([str(m["id"]) for m in body.get("items") or []], body.get("default"))
+
+    async def search(self, q: str, *, before: str | None = None, limit: int | None = None,
+                     timeout: float | None = None) -> SearchPage:
+        """A page of the user's messages that hold every word of `q` (whole words, any case),
+        newest first. `before`: the last hit's `message_id` of the previous page; `limit`: 1 to
+        200 (the server's default 20 when None). A blank or too long `q`: code `invalid`."""
+        body = await self._http("GET", "/api/search", query={"q": q, "before": before, "limit": limit},
+                                timeout=timeout)
+        return SearchPage([SearchHit.from_wire(h) for h in body.get("items") or []], bool(body.get("has_more")))
+
+    async def search_all(self, q: str, *, limit: int | None = None,
+                         timeout: float | None = None) -> AsyncIterator[SearchHit]:
+        """Every hit of `search(q)`, newest first, asking for the pages (of `limit`) as it goes."""
+        before: str | None = None
+        while True:
+            page = await self.search(q, before=before, limit=limit, timeout=timeout)
+            for hit in page.items:
+                yield hit
+            if not page.has_more or not page.items:
+                return
+            before = page.items[-1].message_id
+
+    @overload
+    async def export(self, conversation_id: str | None = ..., format: Literal["json"] = ..., *,
+                     timeout: float | None = ...) -> dict[str, Any]: ...
+
+    @overload
+    async def export(self, conversation_id: str | None, format: Literal["markdown"], *,
+                     timeout: float | None = ...) -> str: ...
+
+    @overload
+    async def export(self, *, format: Literal["markdown"], timeout: float | None = ...) -> str: ...
+
+    @overload
+    async def export(self, conversation_id: str | None = ..., format: str = ..., *,
+                     timeout: float | None = ...) -> dict[str, Any] | str: ...
+
+    async def export(self, conversation_id: str | None = None, format: str = "json", *,
+                     timeout: float | None = None) -> dict[str, Any] | str:
+        """A conversation (None: the current one) as a file would have it. "json": a dict, its
+        `conversation` (with `leaf_id`) and `messages`, every message of every branch, oldest first,
+        with `parent_id`; "markdown": the current branch as Markdown text."""
+        if format not in ("json", "markdown"):
+            raise ValueError(f"export format is json or markdown, not {format!r}")
+        path = f"/api/conversations/{_segment(self._conversation(conversation_id))}/export"
+        if format == "markdown":
+            text = await self._http("GET", path, query={"format": "markdown"}, timeout=timeout, accept="text/markdown")
+            return str(text)
+        body = await self._http("GET", path, timeout=timeout)
+        if not isinstance(body, dict):
+            raise ChatError("internal", f"the export of {conversation_id} is not a JSON object")
+        return body
+
+    async def feedback(self, message: str | Message | Reply, rating: int, comment: str | None = None, *,
+                       timeout: float | None = None) -> Feedback | None:
+        """Rate one of the user's assistant messages (its id, the `Reply` or the `Message`): 1, -1,
+        or 0 (no rating), with an optional comment (up to 2000 characters); what is stored now.
+        A user message or a bad rating: code `invalid`; someone else's or unknown: `not_found`."""
+        if isinstance(message, Reply):
+            message_id = message.message_id
+        elif isinstance(message, Message):
+            message_id = message.id
+        else:
+            message_id = message
+        body: dict[str, Any] = {"rating": rating}
+        if comment is not None:
+            body["comment"] = comment
+        answer = await self._http("PUT", f"/api/messages/{_segment(message_id)}/feedback", body=body,
+                                  timeout=timeout)
+        return Feedback.from_wire((answer or {}).get("feedback"))
 
     def resume(self, message_id: str | None = None, *, reply_to: str | None = None, after: int = 0,
                timeout: float | None = None) -> ReplyStream:
@@ -313,6 +437,32 @@ class ChatClient:
             raise ValueError("no conversation yet: pass conversation_id")
         return conversation_id
 
+    async def _patch_conversation(self, conversation_id: str | None, changes: dict[str, Any],
+                                  timeout: float | None) -> Conversation:
+        path = f"/api/conversations/{_segment(self._conversation(conversation_id))}"
+        return Conversation.from_wire(await self._http("PATCH", path, body=changes, timeout=timeout))
+
+    async def _http(self, method: str, path: str, *, query: Mapping[str, Any] | None = None, body: Any = None,
+                    timeout: float | None = None, accept: str | None = None) -> Any:
+        """A request to the HTTP API with this client's token: GET (its JSON answer, or with
+        `accept` its text), PUT or PATCH `body` as JSON. `query`: the parameters that are not None."""
+        self._check_usable()
+        headers = dict(self.headers)
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        url = self.http_url + path
+        params = {k: str(v) for k, v in (query or {}).items() if v is not None}
+        if params:
+            url += "?" + urlencode(params)
+        wait = self.timeout if timeout is None else timeout
+        if method == "PUT":
+            return await put_json(url, body, headers, wait)
+        if method == "PATCH":
+            return await patch_json(url, body, headers, wait)
+        if accept is not None:
+            return await get_text(url, headers, wait, accept)
+        return await get_json(url, headers, wait)
+
     async def _submit(self, entry: Entry) -> Entry:
         await self._outbox.submit(entry)
         return entry
@@ -378,6 +528,11 @@ class ChatClient:
         self._broken = error
         self._pending.fail_all(error)
         self._dispatcher.end_events()
+
+
+def _segment(value: str) -> str:
+    """An id as one segment of a URL's path."""
+    return quote(value, safe="")
 
 
 def _new_client_id() -> str:

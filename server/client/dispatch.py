@@ -74,7 +74,7 @@ class Dispatcher:
                 self._event(f)  # another socket of the user chose a branch
         elif kind == "error":
             self._on_error(f)
-        elif kind in ("message_added", "conversation_deleted"):
+        elif kind in ("message_added", "conversation_deleted", "conversation_updated"):
             self._event(f)
         else:
             log.debug("ignored frame %s", kind)
@@ -158,4 +158,7 @@ class Dispatcher:
         if self.events.full():
             self.events.get_nowait()  # bounded: the oldest event goes
             log.warning("events() is not read: dropped the oldest event")
-        self.events.put_nowait(Event(f["type"], f.get("conversation_id"), f.get("message_id"), f))
+        conversation_id = f.get("conversation_id")
+        if conversation_id is None and isinstance(f.get("conversation"), dict):
+            conversation_id = f["conversation"].get("id")  # conversation_updated names it inside
+        self.events.put_nowait(Event(f["type"], conversation_id, f.get("message_id"), f))

@@ -55,6 +55,8 @@ def configure_sqlite(sync_engine: Engine, settings: Settings, writer: bool) -> N
         cursor.execute(f"PRAGMA busy_timeout={settings.sqlite_busy_timeout_ms}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+        # SQLite's lower() and LIKE fold ASCII only: a title search for "Über" must find "über".
+        dbapi_conn.create_function("casefold", 1, _casefold, deterministic=True)
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
@@ -62,6 +64,10 @@ def configure_sqlite(sync_engine: Engine, settings: Settings, writer: bool) -> N
         # can fail with SQLITE_BUSY without waiting (another process wrote first), which
         # busy_timeout cannot help.
         conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+
+def _casefold(value: object) -> object:
+    return value.casefold() if isinstance(value, str) else value
 
 
 def private_sqlite_file(path: Path) -> None:

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -44,6 +45,13 @@ conversations = Table(
     # The current leaf: the message that history ends at and that a new message follows
     # (NULL: none yet). Always a stored message of the conversation.
     Column("leaf_id", ID, nullable=True),
+    # Who gave the title: "words" (the first message's first words), "model" (CHAT_TITLES=model)
+    # or "user" (a rename, which the server never overwrites).
+    Column("title_source", String(8), nullable=False, server_default="words"),
+    # What its turns send to the backend; NULL: the server's CHAT_SYSTEM_PROMPT and CHAT_MODEL.
+    Column("system_prompt", Text, nullable=True),
+    Column("model", String(200), nullable=True),
+    CheckConstraint("title_source IN ('words', 'model', 'user')", name="title_source"),
     Index("ix_conversations_user_updated", "user_id", "updated_at"),
 )
 
@@ -69,11 +77,15 @@ messages = Table(
     # The message it follows in the tree (NULL: a root). No foreign key: only a whole
     # conversation is ever deleted, and a key would cost each insert a lookup and a lock.
     Column("parent_id", ID, nullable=True),
+    # The person's rating of an assistant reply (-1, 0 or 1; NULL: none given) and its comment.
+    Column("feedback_rating", SmallInteger, nullable=True),
+    Column("feedback_comment", Text, nullable=True),
     UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),
     # The idempotency key is unique per user in the database, not only in the server's memory.
     UniqueConstraint("user_id", "client_id", name="uq_messages_user_client_id"),
     CheckConstraint("role IN ('user', 'assistant')", name="role"),
     CheckConstraint("status IN ('complete', 'cancelled', 'error', 'interrupted')", name="status"),
+    CheckConstraint("feedback_rating IN (-1, 0, 1)", name="feedback_rating"),
     Index("ix_messages_reply_to", "reply_to"),
     Index("ix_messages_conversation_id_parent", "conversation_id", "parent_id"),  # siblings, children
 )

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, and_, bindparam, case, delete, exists, insert, literal_column, or_, select, text, update
+from sqlalchemy import Select, bindparam, case, delete, exists, insert, literal_column, or_, select, text, update
 from sqlalchemy.engine import Connection
 
 from server.db.schema import conversations, messages, regenerations, replies_in_flight, server_secrets
@@ -22,7 +22,6 @@ from server.domain import (
     Orphan,
     Regeneration,
     ReplyMeta,
-    iso,
     new_id,
     title_from,
     unsaved,
@@ -49,6 +48,8 @@ MESSAGE_COLUMNS = (
     messages.c.error,
     messages.c.parent_id,
 )
+# What a reader shows besides: the person's feedback (never written or returned on the turn path).
+READ_COLUMNS = (*MESSAGE_COLUMNS, messages.c.feedback_rating, messages.c.feedback_comment)
 
 
 # The statements of the turn path, built once: SQLAlchemy then reuses their cache key and
@@ -252,28 +253,6 @@ class Store:
     def owns_conversation(self, conversation_id: str, user_id: str) -> bool:
         result = self.conn.execute(_OWNS, {"p_conversation": conversation_id, "p_user": user_id})
         return result.first() is not None
-
-    def list_conversations(self, user_id: str, before: str | None = None,
-                           limit: int = 50) -> tuple[list[dict[str, Any]], bool]:
-        """A page of the user's conversations, newest `updated_at` first (then by id), older than
-        the conversation `before` (the last of the previous page), and whether more remain.
-        Keyset paging: every conversation is reachable, however many there are."""
-        query = (select(conversations.c.id, conversations.c.title, conversations.c.created_at,
-                        conversations.c.updated_at)
-                 .where(conversations.c.user_id == user_id))
-        if before is not None:
-            anchor = self.conn.execute(
-                select(conversations.c.updated_at)
-                .where(conversations.c.id == before, conversations.c.user_id == user_id)).scalar()
-            if anchor is None:
-                raise InvalidBefore(before)
-            query = query.where(or_(conversations.c.updated_at < anchor,
-                                    and_(conversations.c.updated_at == anchor, conversations.c.id > before)))
-        rows = list(self.conn.execute(
-            query.order_by(conversations.c.updated_at.desc(), conversations.c.id).limit(limit + 1)))
-        items = [{"id": r.id, "title": r.title, "created_at": iso(r.created_at), "updated_at": iso(r.updated_at)}
-                 for r in rows[:limit]]
-        return items, len(rows) > limit
 
     def delete_conversation(self, conversation_id: str, user_id: str) -> bool:
         if not self.owns_conversation(conversation_id, user_id):

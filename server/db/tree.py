@@ -16,7 +16,7 @@ import orjson
 from sqlalchemy import bindparam, false, literal_column, or_, select, update
 
 from server.db.schema import conversations, messages
-from server.db.store import MESSAGE_COLUMNS, PAGE_CONTENT_BYTES, InvalidBefore, NotFound, Store
+from server.db.store import PAGE_CONTENT_BYTES, READ_COLUMNS, InvalidBefore, NotFound, Store
 from server.domain import MessageRecord, iso
 
 
@@ -40,7 +40,7 @@ def _walk_up() -> Any:
           .cte("up", recursive=True))
     up = up.union_all(select(m.c.id, m.c.parent_id, up.c.depth + 1)
                       .where(m.c.id == up.c.parent_id, up.c.depth + 1 < bindparam("limit")))
-    return select(*MESSAGE_COLUMNS).join(up, messages.c.id == up.c.id).order_by(up.c.depth)
+    return select(*READ_COLUMNS).join(up, messages.c.id == up.c.id).order_by(up.c.depth)
 
 
 def _walk_down() -> Any:
@@ -167,3 +167,19 @@ def context_path(store: Store, message: MessageRecord, limit: int) -> list[Messa
     if message.parent_id is None or limit <= 0:
         return []
     return path_up(store, message.conversation_id, message.parent_id, limit)
+
+
+def every_message(store: Store, conversation_id: str) -> list[MessageRecord]:
+    """Every message of the tree, with its feedback, in the order they were stored."""
+    rows = store.conn.execute(select(*READ_COLUMNS).where(messages.c.conversation_id == conversation_id)
+                              .order_by(messages.c.seq))
+    return [MessageRecord(*row) for row in rows]
+
+
+def current_path(store: Store, conversation_id: str, user_id: str) -> list[MessageRecord]:
+    """The whole current branch, root first; NotFound when the conversation is not the user's."""
+    leaf = leaf_of(store, conversation_id, user_id)
+    if leaf is None:
+        return []
+    depth = store.conn.execute(select(conversations.c.last_seq).where(conversations.c.id == conversation_id)).scalar()
+    return path_up(store, conversation_id, leaf, int(depth or 0) + 1)  # no path is longer than the tree

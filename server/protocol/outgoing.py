@@ -88,7 +88,12 @@ def message(m: MessageRecord) -> dict[str, Any]:
         out["first_token_ms"] = m.first_token_ms
         if m.error is not None:
             out["error"] = m.error
+        out["feedback"] = feedback(m.feedback_rating, m.feedback_comment)
     return out
+
+
+def feedback(rating: int | None, comment: str | None) -> dict[str, Any] | None:
+    return None if rating is None else {"rating": rating, "comment": comment}
 
 
 def history(conversation_id: str, messages: list[MessageRecord], has_more: bool, leaf_id: str | None,
@@ -109,6 +114,10 @@ def selected(conversation_id: str, leaf_id: str, client_id: str | None = None) -
 
 def message_added(m: MessageRecord) -> dict[str, Any]:
     return {"type": "message_added", "conversation_id": m.conversation_id, "message": message(m)}
+
+
+def conversation_updated(conversation: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "conversation_updated", "conversation": conversation}
 
 
 def conversation_deleted(conversation_id: str) -> dict[str, Any]:

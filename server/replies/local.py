@@ -207,6 +207,11 @@ class LocalReplyBus:
                 watcher.event(frame)
 
     def announce_deleted(self, user_id: str, conversation_id: str) -> None:
-        frame = outgoing.conversation_deleted(conversation_id)
+        self._tell(user_id, outgoing.conversation_deleted(conversation_id))
+
+    def announce_updated(self, user_id: str, conversation: dict[str, Any]) -> None:
+        self._tell(user_id, outgoing.conversation_updated(conversation))
+
+    def _tell(self, user_id: str, frame: dict[str, Any]) -> None:
         for watcher in list(self._watchers.get(user_id, ())):
             watcher.event(frame)

@@ -5,6 +5,7 @@
   opened with ?sync=1 that hear their user's other sockets.
 - `ReplyStopping`: cancel by id, a DELETE, shutdown.
 - `InFlightListing`: what `ready.replies_in_flight` lists.
+- `ConversationAnnouncing`: a title or settings changed (a PATCH, a title from the model).
 
 `LocalReplyBus` (local.py) serves one process; `PgReplyBus` (postgres/bus.py) serves many
 processes on one PostgreSQL. Both implement `ReplyBus`, the sum of the roles; only the wiring
@@ -111,7 +112,14 @@ class InFlightListing(Protocol):
         ...
 
 
-class ReplyBus(ReplyPublishing, ReplyFollowing, ReplyStopping, InFlightListing, Protocol):
+class ConversationAnnouncing(Protocol):
+    def announce_updated(self, user_id: str, conversation: dict[str, Any]) -> None:
+        """A conversation's title or settings changed: the user's sync sockets in every process
+        hear `conversation_updated` with it."""
+        ...
+
+
+class ReplyBus(ReplyPublishing, ReplyFollowing, ReplyStopping, InFlightListing, ConversationAnnouncing, Protocol):
     """All the roles: what the wiring builds and hands out."""
 
     async def close(self) -> None:

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.auth import AuthError, Identity, bearer_token
 from server.chat.services import Services
-from server.db import tree
+from server.db import conversations, tree
 from server.db.store import InvalidBefore, NotFound
 from server.db.uow import DatabaseUnavailable
 from server.protocol import outgoing
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 CONVERSATIONS_PAGE = 50
+MAX_TITLE_QUERY_CHARS = 200
 MAX_CONVERSATIONS_PAGE = 200
 INVALID_BEFORE_CONVERSATION = "before must be the id of one of your conversations (the last of the previous page)"
 
@@ -63,11 +64,17 @@ User = Annotated[Identity, Depends(identity)]
 @router.get("/api/conversations")
 async def list_conversations(svc: Svc, user: User, before: str | None = None,
                              limit: Annotated[int, Query(ge=1, le=MAX_CONVERSATIONS_PAGE)] = CONVERSATIONS_PAGE,
+                             q: Annotated[str | None, Query(max_length=MAX_TITLE_QUERY_CHARS)] = None,
                              ) -> dict[str, Any]:
+    """A page of the user's conversations; with `q`, those whose title holds every word of it."""
     if before is not None and not known_id(before):
         raise HTTPException(400, INVALID_BEFORE_CONVERSATION)
+    words = None if q is None else q.split()
+    if words is not None and not words:
+        raise HTTPException(400, "q must hold at least one word")
     try:
-        items, has_more = await svc.db.read(lambda store: store.list_conversations(user.user_id, before, limit))
+        items, has_more = await svc.db.read(lambda store: conversations.page(store, user.user_id, before, limit,
+                                                                            words))
     except InvalidBefore:
         raise HTTPException(400, INVALID_BEFORE_CONVERSATION) from None
     return {"items": items, "has_more": has_more}

@@ -12,6 +12,8 @@ retries can be counted:
     {"hang_before_first": s}             headers and the role chunk, then silence for s seconds
     {"hang_after": n, "seconds": s}      n content chunks, then silence for s seconds, then the rest
     {"fail_after": n}                    n content chunks, then the TCP connection is dropped mid-body
+A request without "stream" (a title) gets one chat.completion whose content is the step's "content"
+(else its chunks joined), after its "delay". `models` is what GET /v1/models lists.
 Every chat request is recorded as a Call (body, headers, how many content chunks went out, and the
 monotonic time at which the fake saw the client close its stream: a failed write, or EOF on the
 socket while it was waiting between chunks).
@@ -54,6 +56,7 @@ class FakeLLM:
         self.default_delay = delay
         self.calls: list[Call] = []
         self.model_listings = 0
+        self.models = ["fake-model"]
         self._script: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -69,8 +72,8 @@ class FakeLLM:
                 if self.path.rstrip("/").endswith("/models"):
                     with fake._lock:
                         fake.model_listings += 1
-                    self._json(200, {"object": "list", "data": [{"id": "fake-model", "object": "model",
-                                                                 "created": 0, "owned_by": "fake"}]})
+                    self._json(200, {"object": "list", "data": [{"id": m, "object": "model", "created": 0,
+                                                                 "owned_by": "fake"} for m in fake.models]})
                 else:
                     self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
 
@@ -105,8 +108,15 @@ class FakeLLM:
                                else step.get("message", f"fake failure {status}"))
                     self._json(status, {"error": {"message": message, "type": "fake_error", "code": status}})
                     return
-                if not body.get("stream"):
-                    self._json(400, {"error": {"message": "this fake only streams", "type": "invalid_request"}})
+                if not body.get("stream"):  # a short request (a title): one JSON answer
+                    content = step.get("content", "".join(step.get("chunks", fake.default_chunks)))
+                    self._wait(step.get("delay", 0))
+                    self._json(200, {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0,
+                                     "model": body.get("model", "fake"),
+                                     "choices": [{"index": 0, "finish_reason": "stop",
+                                                  "message": {"role": "assistant", "content": content}}],
+                                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+                    call.finished = True
                     return
                 chunks = list(step.get("chunks", fake.default_chunks))
                 delay = step.get("delay", fake.default_delay)

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from support.client import aio
 
 from server.config import Settings
-from server.db import tree
+from server.db import search, search_index, tree
 from server.db.engine import make_engine
 from server.db.migrate import alembic_config, head_revision, upgrade_to_head
 from server.db.schema import metadata
@@ -54,7 +54,11 @@ async def upgrade_db(url: str) -> None:
 
 
 def schema_diff(conn: Connection) -> list[Any]:
-    ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+    def not_search(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        return not search_index.is_search_object(name)  # Alembic's own, outside schema.py
+
+    ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True,
+                                                 "include_object": not_search})
     return compare_metadata(ctx, metadata)
 
 
@@ -63,7 +67,8 @@ def revision(conn: Connection) -> str | None:
 
 
 def tables(conn: Connection) -> set[str]:
-    return set(inspect(conn).get_table_names()) - {"alembic_version"}
+    """The tables of schema.py (the search index's own are Alembic's alone: search_index.py)."""
+    return {t for t in inspect(conn).get_table_names() if not search_index.is_search_object(t)} - {"alembic_version"}
 
 
 def alembic(action: Callable[..., None], target: str) -> Callable[[Connection], None]:
@@ -290,3 +295,40 @@ async def test_0006_gives_stored_conversations_their_parents_in_stored_order_and
         await db.dispose()
     await on_db(migrated, alembic(downgrade, "0005"))  # and back, keeping every message
     assert len(await sql(migrated, "SELECT id FROM messages")) == 6
+
+
+@aio
+async def test_0007_indexes_the_messages_stored_before_and_keeps_indexing_after_until_it_is_downgraded(migrated):
+    """Messages written before search (revision 0006) are found after the upgrade; new ones and
+    deleted ones follow; the conversations keep their first-words titles; a downgrade drops the
+    index and the new columns and keeps every message."""
+    await on_db(migrated, alembic(downgrade, "0006"))
+    first = await add_conversation(migrated)
+    old = await add_message(migrated, first, 1)  # content 'hi'
+    await on_db(migrated, alembic(upgrade, "head"))
+    assert await on_db(migrated, schema_diff) == []
+    assert await sql(migrated, "SELECT title_source, model, system_prompt FROM conversations") == [
+        ("words", None, None)]
+
+    db = Database(make_engine(Settings(database_url=migrated)))
+    try:
+        async def found(q: str, user: str = "u-1") -> list[str]:
+            hits, _ = await db.read(lambda store: search.search(store, user, q, None, 50))
+            return [h.message_id for h in hits]
+
+        assert await found("HI") == [old]
+        assert await found("hi", user="u-2") == []
+        new = await add_message(migrated, first, 2)
+        assert set(await found("hi")) == {old, new}
+        await sql(migrated, "UPDATE messages SET content = 'changed words' WHERE id = :m", m=new)
+        assert await found("hi") == [old] and await found("changed words") == [new]
+        await sql(migrated, "DELETE FROM messages WHERE id = :m", m=old)
+        assert await found("hi") == []
+    finally:
+        await db.dispose()
+    await on_db(migrated, alembic(downgrade, "0006"))
+    assert await sql(migrated, "SELECT id FROM messages") == [(new,)]
+    assert not {t for t in await on_db(migrated, lambda conn: inspect(conn).get_table_names())
+                if search_index.is_search_object(t)}
+    await on_db(migrated, alembic(upgrade, "head"))  # and up again, rebuilt from what is stored
+    assert await on_db(migrated, schema_diff) == []

@@ -100,6 +100,8 @@ class SteppedModel:
 
     name = "stepped"
     context_messages = 0
+    uses_settings = False
+    default_model = "stepped"
 
     def __init__(self, pieces: int = 10):
         self.pieces = pieces
@@ -134,6 +136,13 @@ class SteppedModel:
                 await asyncio.sleep(0)
         finally:
             self.closed += 1
+
+    async def list_models(self) -> list[str]:
+        return [self.default_model]
+
+    async def complete(self, messages: list[dict[str, str]], *, model: str | None, max_tokens: int,
+                       timeout_s: float) -> str | None:
+        return None
 
     async def ready(self) -> bool:
         return True

@@ -1,4 +1,4 @@
-"""Store.list_conversations pages by keyset: newest updated_at first, ties by id, every conversation
+"""conversations.page pages by keyset: newest updated_at first, ties by id, every conversation
 reachable however many share a timestamp or however many there are."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import create_engine
 
+from server.db import conversations
 from server.db.schema import metadata
 from server.db.store import InvalidBefore, Store
 
@@ -30,7 +31,7 @@ def fill(store: Store, user: str, n: int) -> None:
 def pages(store: Store, user: str, limit: int) -> list[list[dict]]:
     out, before = [], None
     while True:
-        items, has_more = store.list_conversations(user, before, limit)
+        items, has_more = conversations.page(store, user, before, limit)
         out.append(items)
         if not has_more:
             return out
@@ -57,7 +58,7 @@ def test_has_more_is_false_on_an_exact_last_page(store):
 def test_before_must_be_one_of_the_users_conversations(store):
     fill(store, "alice", 2)
     fill(store, "bob", 1)
-    bobs = store.list_conversations("bob")[0][0]["id"]
+    bobs = conversations.page(store, "bob")[0][0]["id"]
     for before in (bobs, "no-such-id"):
         with pytest.raises(InvalidBefore):
-            store.list_conversations("alice", before, 10)
+            conversations.page(store, "alice", before, 10)

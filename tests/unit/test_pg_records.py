@@ -75,7 +75,7 @@ ONE_OF_EACH: list[pp.Record] = [
     pp.Stop("u", "r", "cancelled"), pp.StopConversation("c"), pp.Deleted("u", "c"),
     pp.Announce("o", "u", "m", "r", "c"), pp.Interest("o", "r", 3), pp.Uninterest("o", "r"),
     pp.Pieces("r", 1, ["a", "b"], 1, 0), pp.Finished("r", "error", 2, "boom"), pp.Gone("r"),
-    pp.SeqQuery("o", ["r1", "r2"]), pp.SeqAnswer("r1", 7), pp.Selected("u", "c", "m"),
+    pp.SeqQuery("o", ["r1", "r2"]), pp.SeqAnswer("r1", 7), pp.Selected("u", "c", "m"), pp.Updated("u", "c"),
     pp.Announce("o", "u", "m", "r", "c", 1),
 ]
 

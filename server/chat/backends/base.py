@@ -31,6 +31,9 @@ class ModelRequest:
     user_message: str
     context: list[ContextMessage] = field(default_factory=list)  # oldest first, without user_message
     stats: ReplyStats = field(default_factory=ReplyStats)
+    # The conversation's own settings (PATCH); None: the server's defaults.
+    system_prompt: str | None = None
+    model: str | None = None
 
 
 class BackendError(Exception):
@@ -41,10 +44,22 @@ class Backend(Protocol):
     name: str
     # How many earlier messages to load as context; 0 means none (no database read per turn).
     context_messages: int
+    # Whether a conversation's system prompt and model change what it does (else they are not read).
+    uses_settings: bool
+    default_model: str
 
     def stream(self, turn: ModelRequest) -> AsyncIterator[str]:
         """The reply, piece by piece. Cancelling the consuming task must stop it at once:
         a backend closes whatever it holds upstream in its `finally`."""
+        ...
+
+    async def list_models(self) -> list[str]:
+        """The models it serves (BackendError when it cannot say)."""
+        ...
+
+    async def complete(self, messages: list[dict[str, str]], *, model: str | None, max_tokens: int,
+                       timeout_s: float) -> str | None:
+        """One short answer, not streamed (a title); None when the backend has no model to ask."""
         ...
 
     async def ready(self) -> bool:

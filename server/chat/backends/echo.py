@@ -15,6 +15,8 @@ YIELD_EVERY = 32
 class EchoBackend:
     name = "echo"
     context_messages = 0
+    uses_settings = False
+    default_model = "echo"
 
     def __init__(self, delay_s: float = 0.0):
         self.delay_s = delay_s
@@ -32,6 +34,13 @@ class EchoBackend:
             if self.delay_s or n % YIELD_EVERY == 0:
                 await asyncio.sleep(self.delay_s)
             yield piece
+
+    async def list_models(self) -> list[str]:
+        return [self.default_model]
+
+    async def complete(self, messages: list[dict[str, str]], *, model: str | None, max_tokens: int,
+                       timeout_s: float) -> str | None:
+        return None  # nothing to ask: the first words stay the title
 
     async def ready(self) -> bool:
         return True

@@ -33,10 +33,12 @@ class _Retryable(Exception):
 
 class OpenAIBackend:
     name = "openai"
+    uses_settings = True
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.model = settings.model
+        self.default_model = settings.model
         self.base_url = settings.openai_base_url or DEFAULT_BASE_URL
         self.context_messages = settings.context_messages
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
@@ -53,7 +55,8 @@ class OpenAIBackend:
 
     async def stream(self, turn: ModelRequest) -> AsyncIterator[str]:
         s = self.settings
-        messages = build_messages(s.system_prompt, turn.context, turn.user_message, s.context_chars)
+        system_prompt = s.system_prompt if turn.system_prompt is None else turn.system_prompt
+        messages = build_messages(system_prompt, turn.context, turn.user_message, s.context_chars)
         for attempt in range(s.llm_retries + 1):
             try:
                 stream, chunks, first = await self._open(messages, turn)
@@ -94,7 +97,8 @@ class OpenAIBackend:
         try:
             async with asyncio.timeout(s.llm_first_token_timeout_s):
                 stream = await self.client.chat.completions.create(
-                    model=self.model, messages=cast("list[ChatCompletionMessageParam]", messages), stream=True,
+                    model=turn.model or self.model, messages=cast("list[ChatCompletionMessageParam]", messages),
+                    stream=True,
                     stream_options={"include_usage": True})
                 chunks = aiter(stream)
                 async for chunk in chunks:
@@ -162,6 +166,27 @@ class OpenAIBackend:
     async def _close(stream: Any) -> None:
         if stream is not None:
             await stream.close()
+
+    async def list_models(self) -> list[str]:
+        try:
+            page = await self.client.models.list(timeout=self.settings.llm_connect_timeout_s)
+        except openai.APIError as e:
+            self._log_failure("did not list its models", e)
+            raise BackendError(f"the model backend did not list its models: {self._describe(e)}") from None
+        return [m.id for m in page.data if isinstance(getattr(m, "id", None), str)]
+
+    async def complete(self, messages: list[dict[str, str]], *, model: str | None, max_tokens: int,
+                       timeout_s: float) -> str | None:
+        try:
+            answer = await self.client.chat.completions.create(
+                model=model or self.model, messages=cast("list[ChatCompletionMessageParam]", messages),
+                max_tokens=max_tokens, stream=False, timeout=timeout_s)
+        except openai.APIError as e:
+            self._log_failure("did not answer a short request", e)
+            raise BackendError(self._describe(e)) from None
+        if not answer.choices:
+            return None
+        return answer.choices[0].message.content
 
     async def ready(self) -> bool:
         """Whether the backend answers (GET /models), cached for a few seconds."""

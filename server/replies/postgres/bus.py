@@ -26,6 +26,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.db import conversations
 from server.db.uow import Database, DatabaseUnavailable
 from server.domain import MessageRecord, Orphan, utcnow
 from server.protocol import outgoing
@@ -78,7 +79,7 @@ class PgReplyBus:
             rec.Interest: self._on_interest, rec.Uninterest: self._on_uninterest, rec.Stop: self._on_stop,
             rec.StopConversation: self._on_stop_conversation, rec.Deleted: self._on_deleted,
             rec.Announce: self._on_announce, rec.SeqQuery: self._on_seq_query, rec.SeqAnswer: self._on_seq_answer,
-            rec.Selected: self._on_selected,
+            rec.Selected: self._on_selected, rec.Updated: self._on_updated,
         }
 
     async def start(self, database_url: str, tick_s: float, connect_timeout_s: float = 10.0) -> None:
@@ -288,6 +289,10 @@ class PgReplyBus:
         self.local.announce_deleted(user_id, conversation_id)
         self._send(BROADCAST, rec.Deleted(user_id, conversation_id))
 
+    def announce_updated(self, user_id: str, conversation: dict[str, Any]) -> None:
+        self.local.announce_updated(user_id, conversation)
+        self._send(BROADCAST, rec.Updated(user_id, conversation["id"]))
+
     async def announce(self, message: MessageRecord, reply: LiveReply, origin: Sink, added: bool = True) -> None:
         await self.local.announce(message, reply, origin, added)
         self._send(BROADCAST, rec.Announce(self.owner, reply.user_id, message.id, reply.id, reply.conversation_id,
@@ -358,6 +363,19 @@ class PgReplyBus:
 
     def _on_selected(self, record: rec.Selected) -> None:
         self.local.announce_selected(record.user_id, record.conversation_id, record.leaf_id, None)
+
+    def _on_updated(self, record: rec.Updated) -> None:
+        if self.local.watchers(record.user_id):  # one read per process that has someone to tell
+            self._spawn(self._updated(record))
+
+    async def _updated(self, record: rec.Updated) -> None:
+        try:
+            found = await self.db.read(lambda store: conversations.get(store, record.conversation_id, record.user_id))
+        except DatabaseUnavailable:
+            log.warning("conversation %s changed but could not be read to tell its sockets", record.conversation_id)
+            return
+        if found is not None:
+            self.local.announce_updated(record.user_id, found)
 
     def _on_announce(self, record: rec.Announce) -> None:
         if self.local.watchers(record.user_id):

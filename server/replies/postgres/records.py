@@ -65,6 +65,17 @@ class Deleted:
 
 
 @dataclass(frozen=True, slots=True)
+class Updated:
+    """A conversation's title or settings changed: the user's sync sockets elsewhere read it
+    (a system prompt may be far larger than a notification) and hear conversation_updated."""
+
+    KIND: ClassVar[str] = "t"
+    VERSION: ClassVar[int] = 1
+    user_id: str
+    conversation_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Announce:
     """A user message committed on `owner`: the user's sync sockets elsewhere follow its reply."""
 
@@ -166,11 +177,12 @@ class SeqAnswer:
 
 
 Record = (Stop | StopConversation | Deleted | Announce | Interest | Uninterest | Pieces | Finished | Gone | SeqQuery
-          | SeqAnswer | Selected)
-KINDS: dict[str, type[Record]] = {
-    cls.KIND: cls for cls in (Stop, StopConversation, Deleted, Announce, Interest, Uninterest, Pieces, Finished, Gone,
-                              SeqQuery, SeqAnswer, Selected)
-}
+          | SeqAnswer | Selected | Updated)
+_ALL = (Stop, StopConversation, Deleted, Announce, Interest, Uninterest, Pieces, Finished, Gone, SeqQuery, SeqAnswer,
+        Selected, Updated)
+KINDS: dict[str, type[Record]] = {cls.KIND: cls for cls in _ALL}
+if len(KINDS) != len(_ALL):  # two kinds sharing a letter would be read as one another
+    raise RuntimeError("two record kinds share a KIND")
 
 
 def clip(text: str | None) -> str | None:
