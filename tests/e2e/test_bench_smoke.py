@@ -43,3 +43,16 @@ def test_pg_turn_cost_measures_both_variants(pg):
                           "--dsn", PG_ADMIN_URL], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "chat-server: PostgreSQL CPU" in out.stdout and "minimal: PostgreSQL CPU" in out.stdout, out.stdout
+
+
+def test_search_bench_tiny_sqlite(tmp_path):
+    out_path = tmp_path / "search.json"
+    out = subprocess.run([sys.executable, str(LOADGEN.parent / "search.py"), "--db", "sqlite", "--users", "3",
+                          "--messages-per-user", "20", "--queries", "5", "--warmup", "2", "--json", str(out_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    result = json.loads(out_path.read_text())["results"]["sqlite"]
+    assert result["problem_count"] == 0 and result["fill"]["messages"] == 60, result
+    assert result["sizes"]["messages"] == 60 and result["sizes"]["index_bytes"] > 0, result["sizes"]
+    for name, c in result["classes"].items():
+        assert c["queries"] == 5 and c["p50_ms"] > 0 and c["max_ms"] >= c["p99_ms"] >= c["p50_ms"], (name, c)
