@@ -118,7 +118,7 @@ class PgTurnWrites:
                           | ConnectionError | OSError):
                 # The server restarted or the network broke: every pooled connection is as
                 # stale as this one. Replace them, rather than fail one turn per connection.
-                self._pool.expire_connections()
+                await self._pool.expire_connections()
             raise DatabaseUnavailable(str(e) or type(e).__name__) from e
         metrics.DB_COMMITS.inc()
         metrics.DB_COMMIT_SECONDS.observe(time.perf_counter() - start)
