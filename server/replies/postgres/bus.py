@@ -81,6 +81,7 @@ class PgReplyBus:
             rec.Announce: self._on_announce, rec.SeqQuery: self._on_seq_query, rec.SeqAnswer: self._on_seq_answer,
             rec.Selected: self._on_selected, rec.Updated: self._on_updated,
         }
+        self._updates_in_order = asyncio.Lock()
 
     async def start(self, database_url: str, tick_s: float, connect_timeout_s: float = 10.0) -> None:
         self.channel = ListenConnection(database_url, self.owner, tick_s, self._received, self._gap,
@@ -369,13 +370,17 @@ class PgReplyBus:
             self._spawn(self._updated(record))
 
     async def _updated(self, record: rec.Updated) -> None:
-        try:
-            found = await self.db.read(lambda store: conversations.get(store, record.conversation_id, record.user_id))
-        except DatabaseUnavailable:
-            log.warning("conversation %s changed but could not be read to tell its sockets", record.conversation_id)
-            return
-        if found is not None:
-            self.local.announce_updated(record.user_id, found)
+        # One at a time, in the order heard: two quick PATCHes must not reach a tab newest first.
+        async with self._updates_in_order:
+            try:
+                found = await self.db.read(lambda store: conversations.get(store, record.conversation_id,
+                                                                           record.user_id))
+            except DatabaseUnavailable:
+                log.warning("conversation %s changed but could not be read to tell its sockets",
+                            record.conversation_id)
+                return
+            if found is not None:
+                self.local.announce_updated(record.user_id, found)
 
     def _on_announce(self, record: rec.Announce) -> None:
         if self.local.watchers(record.user_id):
