@@ -51,6 +51,8 @@
  *                           the answer to this client's select(), else another socket's (reload the branch)
  *   select_failed(request, detail)  a select() was refused (the message is gone, or not yours)
    *   conversation_deleted(id)
+   *   conversation_updated(conversation)  renamed, or its settings changed (here or elsewhere):
+   *                           {id, title, created_at, updated_at, model, system_prompt, title_source}
    *   failed(entry)           a message was refused and cannot be sent as it is (entry.failed)
    *   notice(text)            something to tell the person
    *
@@ -58,7 +60,10 @@
  *   regenerate(conversationId, replyTo) → entry, select(conversationId, messageId) → sent?,
  *   cancel(replyId?), retry(clientId, conv?),
    *   discard(clientId), entries(), entryState(entry), busy(), streaming(conversationId),
-   *   conversations(before?, limit?), history(conversationId, before?, limit?, leaf?), deleteConversation(id),
+   *   conversations(before?, limit?, q?), history(conversationId, before?, limit?, leaf?), deleteConversation(id),
+   *   conversation(id), rename(id, title), updateConversation(id, {title?, system_prompt?, model?}), models(),
+   *   search(q, before?, limit?), exportConversation(id, format) → {blob, filename},
+   *   feedback(messageId, rating, comment?); a refused request rejects with an Error with .status and .detail,
    *   forgetConversation(id, deletedHere), setToken(token), reconnectNow(), offline(), leaveTab(),
    *   returnToTab(), close(). ChatClient.newKey() names a conversation not created yet.
    *
@@ -462,19 +467,28 @@
   };
 
   // -- the HTTP API beside the socket -------------------------------------------------------------
-  P.api = function (method, path) {
+  /** A request with the token; `body`, when given, goes as JSON. */
+  P.api = function (method, path, body) {
     var headers = this.token ? { Authorization: "Bearer " + this.token } : {};
+    if (body !== undefined) headers["Content-Type"] = "application/json";
     // A request that never answers must not hold up the resend of the outbox behind it.
     var abort = typeof AbortController === "function" ? new AbortController() : null;
     var timer = setTimeout(function () { if (abort) abort.abort(); }, this.opts.requestTimeoutMs);
     return this.fetch(this.base + path, { method: method, headers: headers, mode: "cors", cache: "no-store",
+                                          body: body !== undefined ? JSON.stringify(body) : undefined,
                                           signal: abort ? abort.signal : undefined })
       .finally(function () { clearTimeout(timer); });
   };
 
-  /** A page of conversations, newest first: {items, has_more}. */
-  P.conversations = function (before, limit) {
-    var q = "?limit=" + (limit || 50) + (before ? "&before=" + encodeURIComponent(before) : "");
+  /** The JSON answer of a request that must succeed; else an Error with .status and the server's .detail. */
+  P.apiJSON = function (method, path, body) {
+    return this.api(method, path, body).then(function (r) { return r.ok ? r.json() : refusal(r); });
+  };
+
+  /** A page of conversations, newest first: {items, has_more}; with `q`, those whose title has its words. */
+  P.conversations = function (before, limit, search) {
+    var q = "?limit=" + (limit || 50) + (before ? "&before=" + encodeURIComponent(before) : "") +
+            (search ? "&q=" + encodeURIComponent(search) : "");
     return this.api("GET", "/api/conversations" + q).then(function (r) {
       if (!r.ok) throw new Error("conversations: HTTP " + r.status);
       return r.json();
@@ -509,6 +523,61 @@
     });
   };
 
+  /** One conversation, as the list has them ({id, title, …, model, system_prompt, title_source}). */
+  P.conversation = function (id) {
+    return this.apiJSON("GET", "/api/conversations/" + encodeURIComponent(id));
+  };
+
+  /** Rename a conversation: the conversation as stored (the title set by a person stays). */
+  P.rename = function (id, title) { return this.updateConversation(id, { title: title }); };
+
+  /**
+   * Change a conversation's title, system_prompt or model (null: the server's default); only the
+   * fields given change. Resolves the conversation; a refused value (422) rejects with its .detail.
+   */
+  P.updateConversation = function (id, changes) {
+    return this.apiJSON("PATCH", "/api/conversations/" + encodeURIComponent(id), changes || {});
+  };
+
+  /** The models a conversation may use: {items: [{id}], default}. */
+  P.models = function () {
+    return this.apiJSON("GET", "/api/models").then(function (body) {
+      return { items: Array.isArray(body.items) ? body.items : [], default: body["default"] || null };
+    });
+  };
+
+  /**
+   * Your messages holding every word of `q`, newest first: {items: [{conversation_id, message_id,
+   * role, snippet, created_at}], has_more}. A snippet is HTML-escaped text with <mark> around the
+   * words found: split it (ChatClient.snippetParts), never insert it as markup.
+   */
+  P.search = function (q, before, limit) {
+    var path = "/api/search?q=" + encodeURIComponent(q) + "&limit=" + (limit || 20) +
+               (before ? "&before=" + encodeURIComponent(before) : "");
+    return this.apiJSON("GET", path).then(function (body) {
+      return { items: Array.isArray(body.items) ? body.items : [], has_more: body.has_more === true };
+    });
+  };
+
+  /** A conversation as a file ("json": the whole tree; "markdown": the current branch): {blob, filename}. */
+  P.exportConversation = function (id, format) {
+    var path = "/api/conversations/" + encodeURIComponent(id) + "/export" +
+               (format === "markdown" ? "?format=markdown" : "");
+    return this.api("GET", path).then(function (r) {
+      if (!r.ok) return refusal(r);
+      var name = filenameOf(r.headers.get("Content-Disposition")) ||
+                 "conversation." + (format === "markdown" ? "md" : "json");
+      return r.blob().then(function (blob) { return { blob: blob, filename: name }; });
+    });
+  };
+
+  /** Rate a reply: 1 (good), -1 (bad) or 0 (no rating); resolves {message_id, conversation_id, feedback}. */
+  P.feedback = function (messageId, rating, comment) {
+    var body = { rating: rating };
+    if (comment !== undefined && comment !== null) body.comment = comment;
+    return this.apiJSON("PUT", "/api/messages/" + encodeURIComponent(messageId) + "/feedback", body);
+  };
+
   // -- frames from the server ---------------------------------------------------------------------
   P.onFrame = function (data) {
     var frame;
@@ -524,6 +593,11 @@
       case "message_added": this.emit("message_added", frame); break;
       case "selected": this.onSelected(frame); break;
       case "conversation_deleted": this.emit("conversation_deleted", frame.conversation_id); break;
+      case "conversation_updated":
+        if (frame.conversation && typeof frame.conversation.id === "string") {
+          this.emit("conversation_updated", frame.conversation);
+        }
+        break;
       default: break; // frames added to the protocol later are ignored, as the contract asks
     }
   };
@@ -830,6 +904,59 @@
   };
 
   // -- helpers ------------------------------------------------------------------------------------
+  /** A refused request as an Error: .status, and .detail, the server's reason as one readable line. */
+  function refusal(r) {
+    return r.json().then(function (body) { return detailText(body && body.detail); }, function () { return ""; })
+      .then(function (detail) {
+        var e = new Error(detail || "HTTP " + r.status);
+        e.status = r.status;
+        e.detail = detail;
+        throw e;
+      });
+  }
+
+  /** FastAPI's detail: a sentence, or a list of {loc, msg} (a 422 names each bad field). */
+  function detailText(detail) {
+    if (typeof detail === "string") return detail;
+    if (!Array.isArray(detail)) return "";
+    return detail.map(function (d) {
+      if (!d || typeof d.msg !== "string") return String(d);
+      var field = Array.isArray(d.loc) ? d.loc[d.loc.length - 1] : null;
+      return typeof field === "string" && d.msg.indexOf(field) < 0 ? field + ": " + d.msg : d.msg;
+    }).join("; ");
+  }
+
+  /** The file name a Content-Disposition header suggests (filename*=UTF-8'' first), or null. */
+  function filenameOf(header) {
+    var m = /filename\*\s*=\s*UTF-8''([^;]+)/i.exec(header || "");
+    if (m) {
+      try { return decodeURIComponent(m[1].trim()); } catch (e) { /* fall back to the plain one */ }
+    }
+    m = /filename\s*=\s*"((?:[^"\\]|\\.)*)"|filename\s*=\s*([^;]+)/i.exec(header || "");
+    return m ? (m[1] !== undefined ? m[1].replace(/\\(.)/g, "$1") : m[2].trim()) : null;
+  }
+
+  /**
+   * A search snippet (HTML-escaped text, <mark>…</mark> around the words found) as parts to draw
+   * as text: [{text, mark}]. The entities are undone here, once, so that the text reads as written.
+   */
+  function snippetParts(snippet) {
+    var parts = [];
+    var mark = false;
+    String(snippet || "").split(/(<mark>|<\/mark>)/).forEach(function (piece) {
+      if (piece === "<mark>") mark = true;
+      else if (piece === "</mark>") mark = false;
+      else if (piece) parts.push({ text: unescapeHtml(piece), mark: mark });
+    });
+    return parts;
+  }
+
+  var ENTITIES = { "&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": "\"", "&#x27;": "'", "&#39;": "'" };
+  function unescapeHtml(s) {
+    return s.replace(/&(?:amp|lt|gt|quot|#x27|#39);/g, function (e) { return ENTITIES[e]; });
+  }
+  ChatClient.snippetParts = snippetParts;
+
   function assign(target) {
     for (var i = 1; i < arguments.length; i++) {
       for (var k in arguments[i]) if (Object.prototype.hasOwnProperty.call(arguments[i], k)) target[k] = arguments[i][k];

@@ -75,7 +75,50 @@
   }
 
   function codePoints(s) { return Array.from(s).length; }
-  // -- Markdown subset: paragraphs, lists, headings, fenced code, `code`, **bold**, *em* -------------
+
+  /** A button that copies what `text()` gives, and says "Copied" for a moment. */
+  function copyButton(label, text) {
+    var btn = h("button", { type: "button", class: "cw-act cw-copy", "aria-label": label, "data-action": "copy" },
+                "Copy");
+    btn.addEventListener("click", function () {
+      var say = function (what) {
+        btn.textContent = what;
+        clearTimeout(btn.__copied);
+        btn.__copied = setTimeout(function () { btn.textContent = "Copy"; }, 1500);
+      };
+      copyText(text()).then(function () { say("Copied"); }, function () { say("Copy failed"); });
+    });
+    return btn;
+  }
+
+  /** The clipboard API where there is one (a secure page), else the old way through a selection. */
+  function copyText(text) {
+    var clip = navigator.clipboard;
+    if (clip && clip.writeText) {
+      return clip.writeText(text).catch(function () { return copyBySelection(text); });
+    }
+    return copyBySelection(text);
+  }
+
+  function copyBySelection(text) {
+    return new Promise(function (resolve, reject) {
+      var active = document.activeElement;
+      while (active && active.shadowRoot && active.shadowRoot.activeElement) active = active.shadowRoot.activeElement;
+      var area = h("textarea", { readonly: true, "aria-hidden": "true",
+                                 style: "position:fixed;top:0;left:-9999px;opacity:0" });
+      area.value = text;
+      document.body.appendChild(area);
+      area.select();
+      var ok = false;
+      try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+      area.remove();
+      if (active && active.focus) active.focus(); // selecting took the focus: give it back to the button
+      if (ok) resolve();
+      else reject(new Error("copy refused"));
+    });
+  }
+
+  // -- Markdown subset: paragraphs, lists, headings, fenced code, `code`, **bold**, *em*, links ------
   // Built from DOM nodes only: whatever a message holds ends up as text, never as markup.
 
   var FENCE = /^ {0,3}(`{3,}|~{3,})\s*([\w.+#-]*)[^`]*$/;
@@ -84,6 +127,11 @@
   // **bold** may hold *em* that ends where the bold does (`**so *nice***`): its content is a run of
   // non-stars and whole *…* spans, so the em's closing star is not left over.
   var INLINE = /`([^`\n]+)`|\*\*(?=\S)((?:[^*]|\*[^*\s][^*]*\*)+?)\*\*(?!\*)|(^|[^\w*])\*(?=[^\s*])([^*\n]*?[^\s*])\*(?![\w*])/g;
+  // [text](url), its url without spaces (balanced parentheses allowed); and bare http(s) URLs.
+  var LINK = /\[([^\[\]\n]+)\]\(((?:[^\s()]|\([^\s()]*\))+)\)|(^|[^\w\/])(https?:\/\/[^\s<>"'`]+)/;
+  var INLINE_ALL = new RegExp(INLINE.source + "|" + LINK.source, "g");
+  // Only these schemes become links: javascript:, data:, vbscript: and the rest stay text.
+  var LINK_SCHEMES = ["http:", "https:", "mailto:"];
 
   function renderMarkdown(text) {
     var frag = document.createDocumentFragment();
@@ -120,7 +168,10 @@
     }
     var code = h("code", fence[2] ? { "data-lang": fence[2] } : null);
     code.textContent = body.join("\n");
-    frag.appendChild(h("pre", { class: "cw-md-pre", tabindex: "0" }, code));
+    // The button comes first: the <pre> stays the block's last element, where the caret goes.
+    frag.appendChild(h("div", { class: "cw-md-block" },
+                       copyButton("Copy code", function () { return code.textContent; }),
+                       h("pre", { class: "cw-md-pre", tabindex: "0" }, code)));
     return i + 1;
   }
 
@@ -171,24 +222,59 @@
     return i;
   }
 
-  function inline(text) {
+  /** Inline spans of one line; `noLinks` inside a link's text (a link never holds a link). */
+  function inline(text, noLinks) {
     var out = [];
     var last = 0;
     var m;
-    var re = new RegExp(INLINE.source, "g"); // its own lastIndex: inline() recurses for **bold**
+    var re = new RegExp(INLINE_ALL.source, "g"); // its own lastIndex: inline() recurses for **bold**
     while ((m = re.exec(text)) !== null) {
       var at = m.index;
       if (m[1] !== undefined) {
         out.push(text.slice(last, at), h("code", { class: "cw-md-code" }, m[1]));
       } else if (m[2] !== undefined) {
-        out.push(text.slice(last, at), h("strong", null, inline(m[2])));
+        out.push(text.slice(last, at), h("strong", null, inline(m[2], noLinks)));
+      } else if (m[4] !== undefined) {
+        out.push(text.slice(last, at) + m[3], h("em", null, inline(m[4], noLinks)));
+      } else if (m[5] !== undefined) {
+        var href = noLinks ? null : safeHref(m[6]);
+        out.push(text.slice(last, at), href ? link(href, inline(m[5], true)) : m[0]);
       } else {
-        out.push(text.slice(last, at) + m[3], h("em", null, m[4]));
+        var bare = trimUrl(m[8]);
+        re.lastIndex = at + m[7].length + bare.length; // what was trimmed off is text again
+        href = noLinks ? null : safeHref(bare);
+        out.push(text.slice(last, at) + m[7], href ? link(href, bare) : bare);
       }
       last = re.lastIndex;
     }
     out.push(text.slice(last));
     return out.filter(function (x) { return x !== ""; });
+  }
+
+  /**
+   * The href a link may have, or null: the URL as the browser's own parser reads it (so tabs,
+   * case and entities cannot disguise a scheme), absolute, with an allowed scheme.
+   */
+  function safeHref(raw) {
+    var url;
+    try { url = new URL(raw); } catch (e) { return null; } // relative, or not a URL: text
+    return LINK_SCHEMES.indexOf(url.protocol) >= 0 ? url.href : null;
+  }
+
+  /** A bare URL ends before trailing punctuation, and before a ")" it did not open. */
+  function trimUrl(url) {
+    for (;;) {
+      var end = url.charAt(url.length - 1);
+      if (/[.,;:!?*_~]/.test(end)) url = url.slice(0, -1);
+      else if (end === ")" && url.split("(").length < url.split(")").length) url = url.slice(0, -1);
+      else return url;
+    }
+  }
+
+  function link(href, content) {
+    var a = h("a", { class: "cw-md-link", rel: "noopener noreferrer", target: "_blank" }, content);
+    a.href = href; // set as a property on an element made here, never spliced into markup
+    return a;
   }
 
 
@@ -294,16 +380,21 @@
     client.on("selected", function (frame, own) {
       if (frame.conversation_id !== self.view.key) return;
       var flip = own && self.flip && self.flip.conv === frame.conversation_id ? self.flip : null;
-      if (own) self.flip = null;
-      self.reloadView({ keepScroll: !!flip }).then(function () { if (flip) self.afterFlip(flip); },
-                                                   function () {});
+      var seek = own && self.seek && self.seek.conv === frame.conversation_id ? self.seek : null;
+      if (own) self.flip = self.seek = null;
+      self.reloadView({ keepScroll: !!(flip || seek) }).then(function () {
+        if (flip) self.afterFlip(flip);
+        if (seek) self.showFound(seek.id);
+      }, function () {});
     });
     client.on("select_failed", function (request, detail) {
-      self.flip = null;
+      self.flip = self.seek = null;
       self.showNotice("That version could not be shown: " + detail + ".");
       if (request && request.conversation_id === self.view.key) self.reloadSoon();
     });
     client.on("conversation_deleted", function (id) { self.forgetConversation(id, false); });
+    // Renamed, or its settings changed: here, in another tab, or by the server (a title from the model).
+    client.on("conversation_updated", function (conv) { self.conversationChanged(conv); });
     client.on("failed", function (entry) {
       if (entry && entry.kind === "regenerate") { // nothing to show in the thread: say so, and let it go
         self.showNotice("The reply could not be regenerated: " + entry.failed.detail + ".");
@@ -340,7 +431,12 @@
 
     this.newBtn = h("button", { type: "button", class: "cw-new", on: { click: function () { self.newChat(); } } },
                     h("span", { "aria-hidden": "true" }, "+ "), "New chat");
-    this.convList = h("ul", { class: "cw-convs", role: "list" });
+    // A double click renames: on the list, as the first click may have rebuilt the item (it opens it).
+    this.convList = h("ul", { class: "cw-convs", role: "list", on: { dblclick: function (e) {
+      var btn = e.target.closest && e.target.closest("[data-conv]");
+      var conv = btn && self.findConv(btn.getAttribute("data-conv"));
+      if (conv) self.startRename(conv);
+    } } });
     this.emptyList = h("p", { class: "cw-empty" }, "No conversations yet.");
     this.side = h("aside", { class: "cw-side", id: id + "-side", "aria-label": "Conversations" },
       h("div", { class: "cw-side-head" },
@@ -348,6 +444,13 @@
         h("button", { type: "button", class: "cw-icon cw-close-side", "aria-label": "Close conversations",
                       on: { click: function () { self.toggleDrawer(false); } } }, "×")),
       this.newBtn,
+      this.searchBox = h("input", { type: "search", class: "cw-search", placeholder: "Search messages…",
+                                    "aria-label": "Search messages", "aria-controls": id + "-found",
+                                    autocomplete: "off",
+                                    on: { input: function () { self.searchSoon(); },
+                                          keydown: function (e) { self.onSearchKey(e); } } }),
+      this.found = h("div", { class: "cw-found", id: id + "-found", role: "region", "aria-label": "Search results",
+                              hidden: true }),
       this.convNav = h("nav", { "aria-label": "Your conversations",
                                 on: { scroll: function () { self.onListScroll(); } } },
                        this.convList, this.emptyList));
@@ -362,7 +465,10 @@
                       "Retry now");
     this.conn = h("div", { class: "cw-conn" }, h("span", { class: "cw-dot", "aria-hidden": "true" }),
                   this.connLabel, this.connRetry, this.retryBtn);
-    var head = h("header", { class: "cw-head" }, this.menuBtn, this.titleEl, this.conn);
+    this.settingsBtn = h("button", { type: "button", class: "cw-icon cw-settings-btn", "aria-label": "Conversation settings",
+                                     "aria-expanded": "false", "aria-controls": id + "-settings",
+                                     on: { click: function () { self.toggleSettings(); } } }, "⚙");
+    var head = h("header", { class: "cw-head" }, this.menuBtn, this.titleEl, this.conn, this.settingsBtn);
     if (this.opts.onClose) {
       head.appendChild(h("button", { type: "button", class: "cw-icon", "aria-label": "Close chat",
                                      on: { click: this.opts.onClose } }, "×"));
@@ -401,8 +507,9 @@
       h("p", { id: id + "-hint", class: "cw-hint" }, "Enter to send · Shift+Enter for a new line"),
       this.notice);
 
-    this.main = h("section", { class: "cw-main", "aria-labelledby": id + "-title" }, head, this.thread, this.live,
-                  this.announcer, this.form);
+    this.settings = this.buildSettings(id);
+    this.main = h("section", { class: "cw-main", "aria-labelledby": id + "-title" }, head, this.settings, this.thread,
+                  this.live, this.announcer, this.form);
     this.backdrop = h("div", { class: "cw-backdrop", on: { click: function () { self.toggleDrawer(false); } } });
     this.app = h("div", { class: "cw-app", "data-drawer": "closed",
                           on: { keydown: function (e) { if (e.key === "Escape") self.toggleDrawer(false); } } },
@@ -738,14 +845,15 @@
     }).finally(function () { self.thread.removeAttribute("aria-busy"); });
   };
 
+  /** The page before the oldest message shown; a promise (the same one while it loads). */
   Widget.prototype.loadOlder = function () {
     var self = this;
     var view = this.view;
-    if (!view.hasMore || view.loadingOlder || !view.messages.length) return;
-    view.loadingOlder = true;
+    if (view.loadingOlder) return view.loadingOlder;
+    if (!view.hasMore || !view.messages.length) return Promise.resolve();
     this.olderBtn.textContent = "Loading…";
     var gen = view.gen;
-    this.client.history(view.key, view.messages[0].id, this.opts.pageSize).then(function (page) {
+    view.loadingOlder = this.client.history(view.key, view.messages[0].id, this.opts.pageSize).then(function (page) {
       if (self.view !== view || view.gen !== gen || !page) return;
       var known = {};
       view.messages.forEach(function (m) { known[m.id] = true; });
@@ -757,9 +865,10 @@
     }).catch(function () {
       self.showNotice("Could not load earlier messages.");
     }).finally(function () {
-      view.loadingOlder = false;
+      view.loadingOlder = null;
       self.olderBtn.textContent = "Load earlier messages";
     });
+    return view.loadingOlder;
   };
 
   /** Until the thread can scroll, scrolling up cannot ask for more: keep loading. */
@@ -777,9 +886,11 @@
     this.view = { key: key, messages: [], hasMore: false, loadingOlder: false, gen: 0 };
     this.live.textContent = "";
     this.editing = null;
-    this.flip = null;
+    this.flip = this.seek = this.highlight = null;
+    this.toggleSettings(false, true);
     this.render();
-    if (this.client.ready || !this.isNewKey(key)) this.reloadView().catch(function () {});
+    if (this.client.ready || !this.isNewKey(key)) return this.reloadView().catch(function () {});
+    return Promise.resolve();
   };
 
   Widget.prototype.newChat = function () {
@@ -920,6 +1031,422 @@
     });
   };
 
+
+  // -- titles: renaming a conversation in the side list -----------------------------------------
+
+  Widget.prototype.findConv = function (id) {
+    return this.convs.find(function (c) { return c.id === id; }) || null;
+  };
+
+  /** A conversation changed (renamed, new settings; here, in another tab, or by the server). */
+  Widget.prototype.conversationChanged = function (conv) {
+    var known = false;
+    this.convs = this.convs.map(function (c) {
+      if (c.id !== conv.id) return c;
+      known = true;
+      return Object.assign({}, c, conv);
+    });
+    if (!known) this.refreshConversationsSoon(); // not loaded yet (a new one, or further down the list)
+    if (!known && conv.title !== undefined && conv.id === this.current) this.convs.unshift(conv);
+    this.renderList();
+    this.renderTitle();
+    if (this.settingsFor === conv.id && !this.settings.hidden && !this.settingsDirty) this.fillSettings();
+  };
+
+  Widget.prototype.startRename = function (conv) {
+    if (conv.pending || this.isNewKey(conv.id)) return; // not on the server yet: nothing to rename
+    this.renaming = { id: conv.id, draft: conv.title || "", fresh: true };
+    this.renderList();
+  };
+
+  Widget.prototype.cancelRename = function () {
+    var id = this.renaming && this.renaming.id;
+    this.renaming = null;
+    this.renderList();
+    this.focusConv(id);
+  };
+
+  /** Enter (or leaving the box): the new title is shown at once, and stored with PATCH. */
+  Widget.prototype.saveRename = function () {
+    var self = this;
+    var r = this.renaming;
+    if (!r) return;
+    this.renaming = null; // first: the box's blur when it goes must not save again
+    var conv = this.findConv(r.id);
+    var title = r.draft.trim();
+    if (!conv || !title || title === conv.title) {
+      this.renderList();
+      this.focusConv(r.id);
+      return;
+    }
+    var before = conv.title;
+    this.conversationChanged({ id: r.id, title: title });
+    this.focusConv(r.id);
+    this.client.rename(r.id, title).then(function (updated) { self.conversationChanged(updated); }, function (e) {
+      self.conversationChanged({ id: r.id, title: before });
+      self.showNotice("The conversation was not renamed: " + (e.detail || e.message) + ".");
+    });
+  };
+
+  /** The title being edited in the list: Enter saves, Escape cancels. */
+  Widget.prototype.titleEditor = function () {
+    var self = this;
+    var input = h("input", { type: "text", class: "cw-rename-input", "aria-label": "Conversation title",
+                             on: { input: function () { if (self.renaming) self.renaming.draft = input.value; },
+                                   blur: function () { self.saveRename(); },
+                                   keydown: function (e) {
+                                     if (e.key === "Enter" && !e.isComposing) {
+                                       e.preventDefault();
+                                       self.saveRename();
+                                     } else if (e.key === "Escape") {
+                                       e.preventDefault();
+                                       e.stopPropagation(); // not the drawer's Escape
+                                       self.cancelRename();
+                                     }
+                                   } } });
+    input.value = this.renaming.draft;
+    return input;
+  };
+
+  Widget.prototype.focusConv = function (id) {
+    var btn = id && this.convList.querySelector('[data-conv="' + cssEscape(id) + '"]');
+    if (btn) btn.focus();
+  };
+
+  // -- search: the person's messages, from the side list ----------------------------------------
+
+  Widget.prototype.searchSoon = function () {
+    var self = this;
+    clearTimeout(this.searchTimer);
+    this.searchTimer = setTimeout(function () { self.runSearch(); }, 300); // not a request per key
+  };
+
+  Widget.prototype.onSearchKey = function (e) {
+    if (e.key === "Enter") {
+      e.preventDefault();
+      this.runSearch();
+    } else if (e.key === "Escape" && this.searchBox.value) {
+      e.preventDefault();
+      e.stopPropagation(); // clears the search; a second Escape closes the drawer
+      this.searchBox.value = "";
+      this.runSearch();
+    }
+  };
+
+  /** Titles holding the words (?q=) and messages holding them (/api/search); an empty box: the list again. */
+  Widget.prototype.runSearch = function () {
+    var self = this;
+    clearTimeout(this.searchTimer);
+    var q = this.searchBox.value.trim();
+    var gen = this.searchGen = (this.searchGen || 0) + 1; // an older answer arriving late is dropped
+    if (!q || !this.client || !this.client.token) {
+      this.found.hidden = true;
+      this.found.textContent = "";
+      this.convNav.hidden = false;
+      return Promise.resolve();
+    }
+    this.found.setAttribute("aria-busy", "true");
+    var titles = this.client.conversations(null, 10, q).catch(function () { return { items: [] }; });
+    return Promise.all([titles, this.client.search(q, null, 20)]).then(function (got) {
+      if (gen === self.searchGen) self.renderFound(q, got[0].items, got[1], null);
+    }, function (e) {
+      if (gen === self.searchGen) self.renderFound(q, [], null, e);
+    }).finally(function () { if (gen === self.searchGen) self.found.removeAttribute("aria-busy"); });
+  };
+
+  Widget.prototype.renderFound = function (q, convs, page, error) {
+    var self = this;
+    var found = this.found;
+    found.textContent = "";
+    found.hidden = false;
+    this.convNav.hidden = true;
+    if (convs.length) {
+      found.appendChild(h("h3", { class: "cw-found-head" }, "Conversations"));
+      found.appendChild(h("ul", { class: "cw-found-list", role: "list" }, convs.map(function (c) {
+        return h("li", null, h("button", { type: "button", class: "cw-found-conv", "data-found-conv": c.id,
+                                           on: { click: function () { self.open(c.id); } } },
+                               c.title || "Untitled"));
+      })));
+    }
+    found.appendChild(h("h3", { class: "cw-found-head" }, "Messages"));
+    if (error) {
+      found.appendChild(h("p", { class: "cw-empty" }, error.status === 400 || error.status === 422
+        ? "Search for a word (letters or digits)." : "The search failed: " + (error.detail || error.message) + "."));
+      return;
+    }
+    var list = h("ul", { class: "cw-found-list", role: "list" });
+    found.appendChild(list);
+    this.appendHits(list, q, page);
+  };
+
+  /** One page of hits, and "More results" while there are more. */
+  Widget.prototype.appendHits = function (list, q, page) {
+    var self = this;
+    if (!page.items.length && !list.children.length) {
+      list.replaceWith(h("p", { class: "cw-empty" }, "No messages found."));
+      return;
+    }
+    page.items.forEach(function (hit) {
+      var conv = self.findConv(hit.conversation_id);
+      list.appendChild(h("li", null, h("button", {
+        type: "button", class: "cw-hit", "data-message-id": hit.message_id, "data-role": hit.role,
+        on: { click: function () { self.openFound(hit); } } },
+        h("span", { class: "cw-hit-title" }, conv ? conv.title || "Untitled" : "A conversation"),
+        h("span", { class: "cw-hit-snippet" }, snippetNodes(self.Client, hit.snippet)),
+        h("span", { class: "cw-conv-time" }, shortTime(hit.created_at),
+          h("span", { class: "cw-hit-role" }, hit.role === "user" ? " · you" : " · reply")))));
+    });
+    if (page.has_more && page.items.length) {
+      var gen = this.searchGen;
+      var last = page.items[page.items.length - 1].message_id;
+      var more = h("button", { type: "button", class: "cw-link cw-more", on: { click: function () {
+        more.disabled = true;
+        self.client.search(q, last, 20).then(function (next) {
+          if (gen !== self.searchGen) return;
+          more.parentNode.remove();
+          self.appendHits(list, q, next);
+        }, function () { more.disabled = false; self.showNotice("Could not load more results."); });
+      } } }, "More results");
+      list.appendChild(h("li", null, more));
+    }
+  };
+
+  /**
+   * A hit: its conversation, with the branch the message is on made current (select), scrolled to
+   * the message and marked.
+   */
+  Widget.prototype.openFound = function (hit) {
+    var self = this;
+    var conv = hit.conversation_id;
+    var id = hit.message_id;
+    var loaded = conv === this.current && this.view.key === conv ? Promise.resolve() : this.switchTo(conv);
+    this.toggleDrawer(false);
+    loaded.then(function () {
+      if (self.view.key !== conv) return false; // the person went elsewhere meanwhile
+      return self.loadUntil(id, 20);
+    }).then(function (shown) {
+      if (self.view.key !== conv) return;
+      if (shown) return self.showFound(id);
+      // On another branch: make that branch current; `selected` reloads it and shows the message.
+      self.seek = { conv: conv, id: id };
+      if (!self.client.select(conv, id)) {
+        self.seek = null;
+        self.showNotice("That message is on another version: it can be shown once the chat is connected again.");
+      }
+    });
+  };
+
+  /** Earlier pages of the branch shown until `id` is in it (at most `pages` more): whether it is. */
+  Widget.prototype.loadUntil = function (id, pages) {
+    var self = this;
+    var view = this.view;
+    if (this.hasMessage(id) || !view.hasMore || pages <= 0) return Promise.resolve(this.hasMessage(id));
+    return this.loadOlder().then(function () { return self.view === view && self.loadUntil(id, pages - 1); });
+  };
+
+  Widget.prototype.showFound = function (id) {
+    var self = this;
+    return this.loadUntil(id, 20).then(function (shown) {
+      if (!shown) {
+        self.showNotice("That message could not be found in the conversation.");
+        return;
+      }
+      self.highlight = id;
+      self.renderThread();
+      var li = self.msgList.querySelector('[data-id="' + cssEscape(id) + '"]');
+      if (!li) return;
+      li.scrollIntoView({ block: "center" });
+      li.focus({ preventScroll: true }); // a screen reader reads the message found
+    });
+  };
+
+  /** A search snippet as text nodes and <mark> elements made here: never parsed as markup. */
+  function snippetNodes(Client, snippet) {
+    return Client.snippetParts(snippet).map(function (part) {
+      return part.mark ? h("mark", null, part.text) : part.text;
+    });
+  }
+
+  // -- conversation settings: title, system prompt, model; export ---------------------------------
+
+  Widget.prototype.buildSettings = function (id) {
+    var self = this;
+    var field = function (label, control) {
+      return h("div", { class: "cw-field" }, h("label", { for: control.id }, label), control);
+    };
+    this.setTitle = h("input", { type: "text", id: id + "-set-title", class: "cw-input-box", autocomplete: "off",
+                                 on: { input: function () { self.settingsDirty = true; } } });
+    this.setPrompt = h("textarea", { id: id + "-set-prompt", class: "cw-input-box", rows: "4",
+                                     placeholder: "The server's default",
+                                     on: { input: function () { self.settingsDirty = true; } } });
+    this.setModel = h("select", { id: id + "-set-model", class: "cw-input-box",
+                                  on: { change: function () { self.settingsDirty = true; } } });
+    this.setError = h("p", { class: "cw-settings-error", role: "alert" });
+    this.setStatus = h("span", { class: "cw-settings-status", role: "status" });
+    return h("form", { class: "cw-settings", id: id + "-settings", hidden: true, "aria-label": "Conversation settings",
+                       on: { submit: function (e) { e.preventDefault(); self.saveSettings(); },
+                             keydown: function (e) {
+                               if (e.key !== "Escape") return;
+                               e.preventDefault();
+                               e.stopPropagation();
+                               self.toggleSettings(false);
+                             } } },
+      field("Title", this.setTitle),
+      field("System prompt", this.setPrompt),
+      field("Model", this.setModel),
+      this.setError,
+      h("div", { class: "cw-settings-buttons" },
+        h("button", { type: "button", class: "cw-act", on: { click: function () { self.exportAs("json"); } } },
+          "Export JSON"),
+        h("button", { type: "button", class: "cw-act", on: { click: function () { self.exportAs("markdown"); } } },
+          "Export Markdown"),
+        this.setStatus,
+        h("button", { type: "button", class: "cw-edit-cancel", on: { click: function () { self.toggleSettings(false); } } },
+          "Close"),
+        h("button", { type: "submit", class: "cw-edit-save" }, "Save settings")));
+  };
+
+  /** The panel under the header, for the conversation shown (a new chat has none yet). */
+  Widget.prototype.toggleSettings = function (open, quiet) {
+    var isOpen = !this.settings.hidden;
+    if (open === undefined) open = !isOpen;
+    if (open && (!this.client || this.isNewKey(this.current))) open = false;
+    if (open === isOpen) return;
+    this.settings.hidden = !open;
+    this.settingsBtn.setAttribute("aria-expanded", String(open));
+    if (!open) {
+      if (!quiet) this.settingsBtn.focus();
+      return;
+    }
+    var self = this;
+    var id = this.settingsFor = this.current;
+    this.setError.textContent = "";
+    this.setStatus.textContent = "";
+    this.fillSettings();
+    this.loadModels();
+    this.setTitle.focus();
+    // The list may not have it yet (a conversation just started), or not as it is now.
+    this.client.conversation(id).then(function (conv) { self.conversationChanged(conv); }, function () {});
+  };
+
+  /** The fields from the conversation as the list has it (kept fresh by conversation_updated). */
+  Widget.prototype.fillSettings = function () {
+    var conv = this.findConv(this.settingsFor) || { id: this.settingsFor };
+    this.settingsBase = { title: conv.title || "", system_prompt: conv.system_prompt || null, model: conv.model || null };
+    this.settingsDirty = false;
+    this.setTitle.value = this.settingsBase.title;
+    this.setPrompt.value = this.settingsBase.system_prompt || "";
+    this.fillModels();
+  };
+
+  Widget.prototype.loadModels = function () {
+    var self = this;
+    this.client.models().then(function (models) {
+      self.models = models;
+      self.fillModels();
+    }, function () { /* the picker keeps "default" and the conversation's own model */ });
+  };
+
+  /** "Server default" first, then each model; the conversation's model even when no longer offered. */
+  Widget.prototype.fillModels = function () {
+    var select = this.setModel;
+    var chosen = this.settingsDirty ? select.value : (this.settingsBase.model || "");
+    var models = this.models || { items: [], default: null };
+    var ids = models.items.map(function (m) { return String(m.id); });
+    if (chosen && ids.indexOf(chosen) < 0) ids.push(chosen);
+    select.textContent = "";
+    select.appendChild(h("option", { value: "" }, "Server default" + (models.default ? " (" + models.default + ")" : "")));
+    ids.forEach(function (id) { select.appendChild(h("option", { value: id }, id)); });
+    select.value = chosen;
+  };
+
+  /** Only what changed is sent (a title sent unchanged would count as a person's own). */
+  Widget.prototype.saveSettings = function () {
+    var self = this;
+    var base = this.settingsBase;
+    var id = this.settingsFor;
+    var changes = {};
+    var prompt = this.setPrompt.value.trim() ? this.setPrompt.value : null;
+    if (this.setTitle.value !== base.title) changes.title = this.setTitle.value;
+    if (prompt !== base.system_prompt) changes.system_prompt = prompt;
+    if ((this.setModel.value || null) !== base.model) changes.model = this.setModel.value || null;
+    this.setError.textContent = "";
+    if (!Object.keys(changes).length) {
+      this.setStatus.textContent = "Nothing to save.";
+      return;
+    }
+    this.setStatus.textContent = "Saving…";
+    this.client.updateConversation(id, changes).then(function (updated) {
+      self.settingsDirty = false;
+      self.conversationChanged(updated);
+      if (self.settingsFor === id) {
+        self.fillSettings();
+        self.setStatus.textContent = "Saved.";
+      }
+    }, function (e) {
+      if (self.settingsFor !== id) return;
+      self.setStatus.textContent = "";
+      self.setError.textContent = "Not saved: " + (e.detail || e.message) + ".";
+    });
+  };
+
+  /** A download of the conversation: fetched with the token (a plain link could not send it). */
+  Widget.prototype.exportAs = function (format) {
+    var self = this;
+    this.client.exportConversation(this.settingsFor, format).then(function (file) {
+      var url = URL.createObjectURL(file.blob);
+      var a = h("a", { href: url, download: file.filename, hidden: true });
+      self.settings.appendChild(a);
+      a.click();
+      a.remove();
+      setTimeout(function () { URL.revokeObjectURL(url); }, 60000);
+    }, function (e) {
+      self.setError.textContent = "Could not export: " + (e.detail || e.message) + ".";
+    });
+  };
+
+  // -- feedback: thumbs up or down on a reply ------------------------------------------------------
+
+  /** Pressing the pressed thumb again takes the rating back (0). Shown at once, stored with PUT. */
+  Widget.prototype.rate = function (id, value) {
+    var self = this;
+    var m = this.view.messages.find(function (x) { return x.id === id; });
+    if (!m) return;
+    var before = m.feedback || null;
+    var rating = before && before.rating === value ? 0 : value;
+    this.setFeedback(id, { rating: rating, comment: before ? before.comment : null }, value);
+    this.client.feedback(id, rating).then(function (answer) {
+      self.setFeedback(id, answer.feedback || null, value);
+    }, function (e) {
+      self.setFeedback(id, before, value);
+      self.showNotice("Your rating was not saved: " + (e.detail || e.message) + ".");
+    });
+  };
+
+  Widget.prototype.setFeedback = function (id, feedback, pressed) {
+    var active = this.root.activeElement;
+    var hadFocus = active && active.getAttribute("data-rate") === String(pressed);
+    this.view.messages = this.view.messages.map(function (m) {
+      return m.id === id ? Object.assign({}, m, { feedback: feedback }) : m;
+    });
+    this.renderThread();
+    var btn = hadFocus && this.msgList.querySelector('[data-id="' + cssEscape(id) + '"] [data-rate="' + pressed + '"]');
+    if (btn) btn.focus(); // the button was rebuilt: the keyboard stays on it
+  };
+
+  /** Thumbs up and down under a stored reply; aria-pressed is its rating. */
+  Widget.prototype.ratingButtons = function (m) {
+    var self = this;
+    var rating = m.feedback ? m.feedback.rating : 0;
+    var thumb = function (value, label) {
+      return h("button", { type: "button", class: "cw-act cw-rate", "data-rate": String(value), "aria-label": label,
+                           "aria-pressed": String(rating === value),
+                           on: { click: function () { self.rate(m.id, value); } } }, THUMB(value < 0));
+    };
+    return h("span", { class: "cw-rating", role: "group", "aria-label": "Rate this reply" },
+             thumb(1, "Good reply"), thumb(-1, "Bad reply"));
+  };
+
   // -- rendering ------------------------------------------------------------------------------------
 
   Widget.prototype.renderSoon = function () {
@@ -962,6 +1489,7 @@
     var conv = this.convs.find(function (c) { return c.id === key; });
     var title = conv ? conv.title || "Untitled" : "New chat";
     if (this.titleEl.textContent !== title) this.titleEl.textContent = title;
+    this.settingsBtn.disabled = this.isNewKey(key); // settings belong to a conversation the server has
   };
 
   Widget.prototype.listItems = function () {
@@ -982,24 +1510,39 @@
   Widget.prototype.renderList = function () {
     var self = this;
     var items = this.listItems();
-    var sig = JSON.stringify([this.current, items.map(function (c) { return [c.id, c.title, c.updated_at]; })]);
+    var renaming = this.renaming ? this.renaming.id : null;
+    var sig = JSON.stringify([this.current, renaming, items.map(function (c) { return [c.id, c.title, c.updated_at]; })]);
     if (sig === this.listSig) return;
     this.listSig = sig;
     var focused = this.root.activeElement && this.root.activeElement.getAttribute("data-conv");
     this.convList.textContent = "";
     items.forEach(function (conv) {
+      if (conv.id === renaming) {
+        self.convList.appendChild(h("li", { class: "cw-conv-item" }, self.titleEditor()));
+        return;
+      }
       var title = conv.title || "Untitled";
       var openBtn = h("button", { type: "button", class: "cw-conv", "data-conv": conv.id,
                                   "aria-current": conv.id === self.current ? "page" : null,
                                   on: { click: function () { self.open(conv.id); } } },
         h("span", { class: "cw-conv-title" }, title),
         h("span", { class: "cw-conv-time" }, conv.pending ? "not sent yet" : shortTime(conv.updated_at)));
+      var renameBtn = conv.pending ? null :
+        h("button", { type: "button", class: "cw-icon cw-del cw-rename", "aria-label": "Rename “" + title + "”",
+                      title: "Rename", on: { click: function () { self.startRename(conv); } } },
+          h("span", { "aria-hidden": "true" }, "✎"));
       var delBtn = h("button", { type: "button", class: "cw-icon cw-del", "aria-label": "Delete “" + title + "”",
                                  title: "Delete", on: { click: function () { self.remove(conv); } } }, TRASH());
-      self.convList.appendChild(h("li", { class: "cw-conv-item" }, openBtn, delBtn));
+      self.convList.appendChild(h("li", { class: "cw-conv-item" }, openBtn, renameBtn, delBtn));
     });
     this.emptyList.hidden = items.length > 0;
-    if (focused) {
+    var box = renaming && this.convList.querySelector(".cw-rename-input");
+    if (box) {
+      box.focus();
+      if (this.renaming.fresh) box.select(); // a new rename: typing replaces the title
+      else box.setSelectionRange(box.value.length, box.value.length); // rebuilt: go on where it was
+      this.renaming.fresh = false;
+    } else if (focused) {
       var again = this.convList.querySelector('[data-conv="' + cssEscape(focused) + '"]');
       if (again) again.focus();
     }
@@ -1101,8 +1644,10 @@
     }
     if (m.role === "user") {
       var editing = this.editing && this.editing.id === m.id;
-      return h("li", { class: "cw-msg cw-user", "data-key": item.key, "data-id": m.id,
-                       "data-client-id": m.client_id || null },
+      return h("li", { class: "cw-msg cw-user" + (this.highlight === m.id ? " cw-found-msg" : ""),
+                       "data-key": item.key, "data-id": m.id, "data-client-id": m.client_id || null,
+                       "data-found": this.highlight === m.id ? "true" : null,
+                       tabindex: this.highlight === m.id ? "-1" : null },
                h("span", { class: "cw-sr" }, "You: "),
                editing ? this.editor(m) : h("div", { class: "cw-bubble cw-plain" }, m.content),
                editing ? null : h("div", { class: "cw-actions" }, this.versions(m, "Message"),
@@ -1121,15 +1666,21 @@
       meta2 = h("div", { class: "cw-meta cw-status" }, metaChildren);
     }
     var actions = null;
-    if (!live && m.reply_to) {
-      var pending = this.client.regenerating(m.reply_to);
+    if (!live) {
+      var pending = m.reply_to && this.client.regenerating(m.reply_to);
       actions = h("div", { class: "cw-actions" }, this.versions(m, "Reply"),
-        h("button", { type: "button", class: "cw-act", "data-action": "regenerate", "aria-label": "Regenerate reply",
-                      disabled: !this.canRegenerate(m.reply_to),
-                      on: { click: function () { self.regenerate(m); } } }, pending ? "Regenerating…" : "Regenerate"));
+        m.content ? copyButton("Copy reply", function () { return m.content; }) : null, // its Markdown, as written
+        this.ratingButtons(m),
+        m.reply_to ? h("button", { type: "button", class: "cw-act", "data-action": "regenerate",
+                                   "aria-label": "Regenerate reply", disabled: !this.canRegenerate(m.reply_to),
+                                   on: { click: function () { self.regenerate(m); } } },
+                       pending ? "Regenerating…" : "Regenerate") : null);
     }
-    return h("li", { class: "cw-msg cw-assistant", "data-key": item.key, "data-id": m.id,
+    return h("li", { class: "cw-msg cw-assistant" + (this.highlight === m.id ? " cw-found-msg" : ""),
+                     "data-key": item.key, "data-id": m.id,
                      "data-status": status === "paused" ? "streaming" : status,
+                     "data-found": this.highlight === m.id ? "true" : null,
+                     tabindex: this.highlight === m.id ? "-1" : null,
                      "aria-busy": live ? "true" : null },
              h("span", { class: "cw-sr" }, "Assistant: "), body, meta2, actions);
   };
@@ -1186,7 +1737,8 @@
    */
   function withCaret(bubble) {
     var at = bubble;
-    while (at.lastElementChild && /^(P|UL|OL|LI|PRE)$/.test(at.lastElementChild.tagName)) at = at.lastElementChild;
+    while (at.lastElementChild && (/^(P|UL|OL|LI|PRE)$/.test(at.lastElementChild.tagName) ||
+                                   at.lastElementChild.className === "cw-md-block")) at = at.lastElementChild;
     if (at.tagName === "PRE" && at.lastElementChild) at = at.lastElementChild;
     at.appendChild(h("span", { class: "cw-caret", "aria-hidden": "true" }));
     return bubble;
@@ -1241,6 +1793,7 @@
     this.destroyed = true;
     clearTimeout(this.listTimer);
     clearTimeout(this.reloadTimer);
+    clearTimeout(this.searchTimer);
     clearInterval(this.countdown);
     window.removeEventListener("online", this.onOnline);
     window.removeEventListener("offline", this.onOffline);
@@ -1263,9 +1816,12 @@
       return JSON.stringify([item.state, e.content, e.note || "", e.failed ? e.failed.code : ""]);
     }
     var m = item.msg;
-    var sig = [m.role, m.status, m.content, m.error || "", m.siblings || null];
+    var sig = [m.role, m.status, m.content, m.error || "", m.siblings || null, widget.highlight === m.id];
     if (m.role === "user") sig.push(!!(widget.editing && widget.editing.id === m.id));
-    else if (m.reply_to) sig.push(m.reply_to, widget.client.regenerating(m.reply_to), widget.canRegenerate(m.reply_to));
+    else sig.push(m.feedback ? m.feedback.rating : 0);
+    if (m.role !== "user" && m.reply_to) {
+      sig.push(m.reply_to, widget.client.regenerating(m.reply_to), widget.canRegenerate(m.reply_to));
+    }
     return JSON.stringify(sig);
   }
 
@@ -1290,6 +1846,21 @@
     svg.setAttribute("focusable", "false");
     var path = document.createElementNS(ns, "path");
     path.setAttribute("d", "M9 3h6l1 2h4v2H4V5h4l1-2zm-3 6h12l-1 12H7L6 9zm4 2v8h2v-8h-2zm4 0v8h2v-8h-2z");
+    svg.appendChild(path);
+    return svg;
+  }
+
+  /** An icon, not an emoji: not every system has a font for those. */
+  function THUMB(down) {
+    var ns = "http://www.w3.org/2000/svg";
+    var svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("aria-hidden", "true");
+    svg.setAttribute("focusable", "false");
+    if (down) svg.setAttribute("transform", "rotate(180)");
+    var path = document.createElementNS(ns, "path");
+    path.setAttribute("d", "M2 21h4V9H2v12zm20-11c0-1.1-.9-2-2-2h-6.3l1-4.6v-.3c0-.4-.2-.8-.5-1.1L13.2 1 6.6 7.6" +
+                           "C6.2 8 6 8.5 6 9v10c0 1.1.9 2 2 2h9c.8 0 1.5-.5 1.8-1.2l3-7c.1-.3.2-.5.2-.8v-2z");
     svg.appendChild(path);
     return svg;
   }
@@ -1340,6 +1911,22 @@
     ".cw-del{opacity:.55}.cw-conv-item:hover .cw-del,.cw-del:focus-visible{opacity:1}",
     ".cw-del:hover{color:var(--bad)}",
     ".cw-close-side,.cw-menu{display:none}",
+    ".cw-rename{font-size:16px}",
+    ".cw-rename-input{flex:1;min-width:0;margin:2px 0;padding:6px 8px;border:1px solid var(--accent);border-radius:8px;",
+    "background:var(--bg);color:inherit;font:inherit;font-size:14px}",
+    ".cw-search{width:100%;padding:7px 10px;border:1px solid var(--line);border-radius:10px;background:var(--bg);",
+    "color:inherit;font:inherit;font-size:14px}",
+    ".cw-search:focus{outline:0;border-color:var(--accent)}",
+    ".cw-found{flex:1;min-height:0;overflow-y:auto;margin:0 -4px;padding:0 4px}",
+    ".cw-found-head{margin:8px 4px 4px;font-size:12px;font-weight:600;text-transform:uppercase;color:var(--muted)}",
+    ".cw-found-list{list-style:none;margin:0;padding:0;display:flex;flex-direction:column;gap:2px}",
+    ".cw-hit,.cw-found-conv{display:flex;flex-direction:column;align-items:flex-start;gap:2px;width:100%;",
+    "padding:7px 8px;border:0;border-radius:8px;background:none;text-align:left;font-size:14px}",
+    ".cw-hit:hover,.cw-found-conv:hover{background:rgba(127,127,127,.1)}",
+    ".cw-hit-title{max-width:100%;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;font-weight:600;font-size:13px}",
+    ".cw-hit-snippet{color:var(--muted);overflow-wrap:anywhere}",
+    ".cw-hit-snippet mark{background:rgba(250,204,21,.45);color:inherit;border-radius:3px}",
+    ".cw-more{margin:6px 8px}",
     /* main column */
     ".cw-main{display:flex;flex-direction:column;min-width:0;min-height:0}",
     ".cw-head{display:flex;align-items:center;gap:8px;min-height:54px;padding:8px 16px;",
@@ -1355,6 +1942,19 @@
     ".cw-conn[data-state=incompatible] .cw-dot{background:var(--bad)}",
     "@keyframes cw-pulse{50%{opacity:.3}}",
     ".cw-link{padding:0;border:0;background:none;color:var(--accent);text-decoration:underline;font-size:13px}",
+    ".cw-settings-btn:disabled{opacity:.35;cursor:default}",
+    ".cw-settings{display:flex;flex-direction:column;gap:10px;padding:12px 16px;border-bottom:1px solid var(--line);",
+    "background:var(--side)}",
+    ".cw-field{display:flex;flex-direction:column;gap:4px;max-width:760px;width:100%;margin:0 auto;font-size:13px;",
+    "font-weight:600}",
+    ".cw-input-box{padding:7px 10px;border:1px solid var(--line);border-radius:9px;background:var(--bg);",
+    "color:inherit;font:inherit;font-size:14px;font-weight:400}",
+    "textarea.cw-input-box{resize:vertical;min-height:70px;max-height:240px}",
+    ".cw-settings-error{max-width:760px;width:100%;margin:0 auto;font-size:13px;color:var(--bad)}",
+    ".cw-settings-error:empty{display:none}",
+    ".cw-settings-buttons{display:flex;align-items:center;flex-wrap:wrap;gap:8px;max-width:760px;width:100%;",
+    "margin:0 auto}",
+    ".cw-settings-status{flex:1;font-size:13px;color:var(--muted)}",
     /* thread */
     ".cw-thread{flex:1;min-height:0;overflow-y:auto;overscroll-behavior:contain;padding:20px 16px 8px}",
     ".cw-thread:focus-visible{outline-offset:-2px}",
@@ -1403,16 +2003,26 @@
     ".cw-edit-save{border:0;background:var(--accent);color:var(--accent-text)}",
     ".cw-edit-cancel{border:1px solid var(--line);background:var(--bg)}",
     ".cw-edit-cancel:hover{border-color:var(--accent)}",
+    ".cw-rating{display:inline-flex;gap:2px}",
+    ".cw-rate{display:inline-flex;align-items:center}.cw-rate svg{width:14px;height:14px;fill:none;stroke:currentColor;",
+    "stroke-width:1.8}.cw-rate[aria-pressed=true] svg{fill:currentColor}",
+    ".cw-rate[aria-pressed=true]{background:rgba(37,99,235,.15);color:var(--accent)}",
+    ".cw-found-msg .cw-bubble{box-shadow:0 0 0 3px rgba(250,204,21,.7)}",
+    ".cw-found-msg:focus{outline:0}",
     ".cw-caret{display:inline-block;width:7px;height:1em;margin-left:1px;vertical-align:-2px;",
     "background:currentColor;opacity:.5;animation:cw-pulse 1s infinite}",
     /* Markdown */
     ".cw-md>:first-child{margin-top:0}.cw-md>:last-child{margin-bottom:0}",
-    ".cw-md p,.cw-md-list,.cw-md-pre{margin:0 0 .6em}",
+    ".cw-md p,.cw-md-list,.cw-md-block{margin:0 0 .6em}.cw-md-pre{margin:0}",
     ".cw-md-list{padding-left:1.4em}.cw-md-list li+li{margin-top:.15em}",
     "ul.cw-md-list{list-style:disc}ol.cw-md-list{list-style:decimal}",
     ".cw-md-pre{padding:10px 12px;border-radius:8px;background:var(--code);color:var(--code-text);",
     "overflow-x:auto;white-space:pre;font:13px/1.45 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}",
     ".cw-md-pre code{font:inherit}",
+    ".cw-md-block{position:relative}",
+    ".cw-md-block>.cw-copy{position:absolute;top:4px;right:4px;background:var(--code);color:var(--code-text);",
+    "opacity:.75}.cw-md-block>.cw-copy:hover,.cw-md-block>.cw-copy:focus-visible{opacity:1}",
+    ".cw-md-link{color:var(--accent);text-decoration:underline;overflow-wrap:anywhere}",
     ".cw-md-code{padding:1px 5px;border-radius:5px;background:rgba(127,127,127,.18);",
     "font:.9em ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}",
     /* composer */
