@@ -96,13 +96,17 @@ class SqliteWriter:
         try:
             transaction = conn.begin()  # BEGIN IMMEDIATE
             store = Store(conn)
+            # The savepoints on the driver itself: through SQLAlchemy each is two more executions.
+            driver = conn.connection.dbapi_connection
+            assert driver is not None
             for work in works:
-                savepoint = conn.begin_nested()
+                driver.execute("SAVEPOINT unit")
                 try:
                     outcomes.append((True, work(store)))
-                    savepoint.commit()
+                    driver.execute("RELEASE unit")
                 except Exception as e:
-                    savepoint.rollback()
+                    driver.execute("ROLLBACK TO unit")
+                    driver.execute("RELEASE unit")
                     outcomes.append((False, e))
             start = time.perf_counter()
             transaction.commit()

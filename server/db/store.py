@@ -15,6 +15,7 @@ import orjson
 from sqlalchemy import Select, bindparam, case, delete, exists, insert, literal_column, or_, select, text, update
 from sqlalchemy.engine import Connection
 
+from server.db import sqlite_fast
 from server.db.schema import conversations, messages, regenerations, replies_in_flight, server_secrets
 from server.domain import (
     Claim,
@@ -247,8 +248,16 @@ class Store:
         says (see _next_seq); None when the conversation is not this user's."""
         params = {"p_conversation_id": message.conversation_id, "p_user_id": user_id, "p_id": message.id}
         if message.role == "user":
-            return self.conn.execute(_NEXT_SEQ, {**params, "p_created_at": message.created_at}).scalar()
-        return self.conn.execute(_NEXT_SEQ_OF_REPLY, {**params, "p_reply_to": message.reply_to}).scalar()
+            rows = self._run(_NEXT_SEQ, {**params, "p_created_at": message.created_at})
+        else:
+            rows = self._run(_NEXT_SEQ_OF_REPLY, {**params, "p_reply_to": message.reply_to})
+        return rows[0][0] if rows else None
+
+    def _run(self, statement: Any, params: dict[str, Any]) -> list[Any]:
+        """A statement of the turn path: on SQLite straight to the driver (sqlite_fast.py)."""
+        if self.conn.dialect.name == "sqlite":
+            return sqlite_fast.run(self.conn, statement, params)
+        return list(self.conn.execute(statement, params))
 
     def owns_conversation(self, conversation_id: str, user_id: str) -> bool:
         result = self.conn.execute(_OWNS, {"p_conversation": conversation_id, "p_user": user_id})
@@ -299,24 +308,24 @@ class Store:
         if message.role == "user":
             # One read: the conversation is the user's, its leaf (which the message follows: the
             # writer's transaction is the lock), and whether the client_id was used before.
-            found = self.conn.execute(_LEAF_AND_CLIENT_ID, {
+            found = self._run(_LEAF_AND_CLIENT_ID, {
                 "p_conversation_id": message.conversation_id, "p_user_id": user_id,
-                "p_client_id": message.client_id}).first()
-            if found is not None and found.taken:
+                "p_client_id": message.client_id})
+            if found and found[0][1]:  # (leaf_id, taken)
                 return None
-            if found is not None:
-                message = dataclasses.replace(message, parent_id=found.leaf_id)
+            if found:
+                message = dataclasses.replace(message, parent_id=found[0][0])
                 seq = self._take_seq(message, user_id)
         else:  # a reply has no client_id of its own
             seq = self._take_seq(message, user_id)
         if seq is not None:
             message = dataclasses.replace(message, seq=seq)
-            self.conn.execute(_INSERT_MESSAGE, _row(message, user_id))
+            self._run(_INSERT_MESSAGE, _row(message, user_id))
             if claim is not None:
-                self.conn.execute(_INSERT_IN_FLIGHT, _flight_row(message, user_id, claim))
+                self._run(_INSERT_IN_FLIGHT, _flight_row(message, user_id, claim))
         if claim is None and message.reply_to is not None:
             # Even when nothing was stored (the conversation is gone), as the statement does.
-            self.conn.execute(_DELETE_IN_FLIGHT, {"p_message": message.reply_to, "p_reply": message.id})
+            self._run(_DELETE_IN_FLIGHT, {"p_message": message.reply_to, "p_reply": message.id})
         return None if seq is None else message
 
     def append_child(self, message: MessageRecord, user_id: str, claim: Claim) -> MessageRecord | None:
@@ -350,12 +359,12 @@ class Store:
         if message.client_id is not None and self.client_id_taken(user_id, message.client_id):
             return None
         now = message.created_at
-        self.conn.execute(_INSERT_CONVERSATION, {
+        self._run(_INSERT_CONVERSATION, {
             "id": message.conversation_id, "user_id": user_id, "title": title_from(message.content),
             "created_at": now, "updated_at": now, "last_seq": 1, "leaf_id": message.id})
         stored = dataclasses.replace(message, seq=1, parent_id=None)
-        self.conn.execute(_INSERT_MESSAGE, _row(stored, user_id))
-        self.conn.execute(_INSERT_IN_FLIGHT, _flight_row(stored, user_id, claim))
+        self._run(_INSERT_MESSAGE, _row(stored, user_id))
+        self._run(_INSERT_IN_FLIGHT, _flight_row(stored, user_id, claim))
         return stored
 
     # -- replies in flight --------------------------------------------------------------------------
