@@ -24,7 +24,7 @@ from support.servers import ServerProcess
 
 ECHO = "You said: "
 USER_KEYS = {"id", "role", "content", "status", "client_id", "created_at", "parent_id", "siblings"}
-ASSISTANT_KEYS = USER_KEYS | {"reply_to", "model", "usage", "first_token_ms"}
+ASSISTANT_KEYS = USER_KEYS | {"reply_to", "model", "usage", "first_token_ms", "feedback"}
 
 
 # -- helpers ---------------------------------------------------------------------------------------
