@@ -18,8 +18,11 @@ MESSAGES_REFUSED = Counter("chat_messages_refused_total", "Client frames answere
 DB_COMMITS = Counter("chat_db_commits_total", "Units of work committed")
 DB_COMMIT_FAILURES = Counter("chat_db_commit_failures_total", "Units of work whose commit failed")
 DB_UNITS_PER_COMMIT = Histogram(
-    "chat_db_units_per_commit", "Units of work sharing one SQLite commit (group commit)",
+    "chat_db_units_per_commit", "Writes sharing one commit (group commit; PostgreSQL: the turn writes)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+DB_BATCHES_REPLAYED = Counter(
+    "chat_db_batches_replayed_total",
+    "PostgreSQL group commits that failed on one write's error and were sent again one write at a time")
 DB_COMMIT_SECONDS = Histogram(
     "chat_db_commit_seconds", "Time for COMMIT to return",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))

@@ -122,7 +122,7 @@ def _append_statement(claiming: bool) -> Any:
         landed = (delete(replies_in_flight)
                   .where(f.user_message_id == _p("p_reply_to"), f.reply_id == _p("p_id"))
                   .cte("landed"))
-        return select(appended.c.seq, appended.c.parent_id).add_cte(landed)
+        return select(appended.c.seq, appended.c.parent_id, appended.c.id).add_cte(landed)
     c = conversations.c
     locked = (select(c.id, c.leaf_id)
               .where(c.id == _p("p_conversation_id"), c.user_id == _p("p_user_id"), ~_client_id_used())
@@ -174,7 +174,8 @@ def _insert_message(seq: Any, conversation_id: Any = None, source: Any = None, p
 
 
 def _claiming(appended: Any) -> Any:
-    """The seq of `appended` (a CTE inserting a user message), recording the claim on its reply."""
+    """The seq, parent_id and id of `appended` (a CTE inserting a user message), recording the
+    claim on its reply."""
     f = replies_in_flight.c
     flight = insert(replies_in_flight).from_select(
         ["user_message_id", "reply_id", "conversation_id", "user_id", "owner", "started_at", "content"],
@@ -182,7 +183,7 @@ def _claiming(appended: Any) -> Any:
                _p("p_conversation_id", type_=f.conversation_id.type), _p("p_user_id", type_=f.user_id.type),
                _p("p_owner", type_=f.owner.type), _p("p_created_at", type_=f.started_at.type),
                literal_column("''"))).cte("flight")
-    return select(appended.c.seq, appended.c.parent_id).add_cte(flight)
+    return select(appended.c.seq, appended.c.parent_id, appended.c.id).add_cte(flight)
 
 
 _LEAF_AND_CLIENT_ID = _leaf_and_client_id()  # SQLite: what a user message's append reads first

@@ -35,8 +35,8 @@ Work = Callable[[Store], T]
 
 class Database:
     """Writes on SQLite go through one writer thread that commits in groups (sqlite_writer.py);
-    on PostgreSQL a turn's writes go through asyncpg directly (pg_turn_writes.py). The rest runs
-    on a pooled connection of the engine."""
+    on PostgreSQL a turn's writes go through asyncpg directly, committed in groups too
+    (pg_turn_writes.py). The rest runs on a pooled connection of the engine."""
 
     def __init__(self, engine: AsyncEngine, writer: SqliteWriter | None = None,
                  turn_writes: PgTurnWrites | None = None):
@@ -59,8 +59,9 @@ class Database:
                              claim: Claim | None = None) -> MessageRecord | None:
         """`Store.append_message`, committed when it returns: a turn's two writes.
 
-        On PostgreSQL it is one statement, sent with no BEGIN or COMMIT around it (PostgreSQL
-        commits it, WAL flushed, before it answers), through asyncpg directly (pg_turn_writes.py).
+        On PostgreSQL it is one statement, through asyncpg directly, committed with the turn
+        writes sent at the same moment (pg_turn_writes.py); IntegrityError for its own unique
+        violation only, DatabaseUnavailable when the database is broken, unreachable or too slow.
         On SQLite it is a unit like any other."""
         if self.turn_writes is None:
             return await self.write(lambda store: store.append_message(message, user_id, claim))
