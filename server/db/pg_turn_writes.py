@@ -109,7 +109,7 @@ class _Write:
 
 @dataclass(slots=True)
 class _Lane:
-    """One statement's writes: those waiting for the next commit, and whether one is in flight."""
+    """One statement's writes: those waiting for the next commit, and how many commits are in flight."""
     statement: _Compiled
     pending: list[_Write] = field(default_factory=list)
     flushing: int = 0  # batches in flight
@@ -133,8 +133,8 @@ class PgTurnWrites:
     @classmethod
     async def open(cls, settings: Settings) -> PgTurnWrites:
         # Connections are opened as turns need them, up to the engine's pool size; the pool
-        # keeps them (no idle timeout), as the engine's pool does. The lanes hold at most one
-        # each at a time.
+        # keeps them (no idle timeout), as the engine's pool does. Each lane holds at most
+        # _IN_FLIGHT of them at a time.
         pool = await asyncpg.create_pool(asyncpg_dsn(settings.database_url), min_size=1,
                                          max_size=settings.pool_size, timeout=settings.db_connect_timeout_s,
                                          command_timeout=settings.db_statement_timeout_s,
