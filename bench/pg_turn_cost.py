@@ -9,7 +9,7 @@ rounds, median reported:
 - chat-server: the user message (conversation's next seq, client_id check, insert, the claim on its
   reply in replies_in_flight) and the reply (next seq, insert, the claim removed), as
   server/db/pg_turn_writes.py sends them;
-- minimal: the table of the minimal server bench/against_minimal_pg.sh runs, and its two
+- minimal: the table of the minimal server bench/against_minimal.sh runs, and its two
   autocommitted INSERTs.
 
     .venv/bin/python bench/pg_turn_cost.py --turns 3000 --rounds 5

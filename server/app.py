@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -37,6 +38,11 @@ class ChatApp:
         async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             self.services = await start_services(settings)
             app.state.services = self.services
+            # Everything built so far (modules, the app, compiled statements) lives as long as the
+            # process: out of the collector's sight, so that a full collection under load walks
+            # only what turns made, not the whole heap, and pauses every socket for less.
+            gc.collect()
+            gc.freeze()
             try:
                 yield
             finally:
