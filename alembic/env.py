@@ -11,8 +11,8 @@ from sqlalchemy.engine import Connection
 
 from alembic import context
 from server.config import Settings
-from server.db.engine import make_engine
 from server.db import search_index
+from server.db.engine import make_engine
 from server.db.schema import metadata
 
 config = context.config
