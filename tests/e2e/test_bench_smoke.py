@@ -56,3 +56,19 @@ def test_search_bench_tiny_sqlite(tmp_path):
     assert result["sizes"]["messages"] == 60 and result["sizes"]["index_bytes"] > 0, result["sizes"]
     for name, c in result["classes"].items():
         assert c["queries"] == 5 and c["p50_ms"] > 0 and c["max_ms"] >= c["p99_ms"] >= c["p50_ms"], (name, c)
+
+
+def test_long_streams_tiny_sqlite(tmp_path):
+    out_path = tmp_path / "long.json"
+    out = subprocess.run([sys.executable, str(LOADGEN.parent / "long_streams.py"), "--servers", "chat-sqlite",
+                          "--ns", "3", "--duration", "1.5", "--idle-duration", "1", "--deltas", "10",
+                          "--delay-ms", "10", "--ramp", "0.2", "--settle", "0.2", "--json", str(out_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = json.loads(out_path.read_text())["rows"]
+    assert [r["n"] for r in rows] == [1, 3], rows
+    for r in rows:
+        assert r["open"] == r["n"] and not r["errors"] and r["bad_turns"] == 0, r
+        assert r["turns"] > 0 and r["deltas"] > 0 and r["p99_ms"] is not None, r
+        assert r["server_cpu_pct"] >= 0 and r["server_rss_kib"] > 0, r
+    assert "capacity" in out.stdout, out.stdout
