@@ -10,25 +10,12 @@ import re
 
 import httpx
 import pytest
-from support.client import Client, aio, cid
+from support.client import Client, aio, api, cid, next_of
 
 ECHO = "You said: "
 
 
-def api(server, client: Client) -> httpx.Client:
-    return httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {client.token}"}, timeout=20)
 
-
-def anonymous_api(server) -> httpx.Client:
-    return httpx.Client(base_url=server.base_url, timeout=20)
-
-
-async def next_of(c: Client, kind: str, timeout: float = 5) -> dict:
-    """The next frame of `kind`, skipping others (a sync socket also hears replies)."""
-    while True:
-        frame = await c.recv(timeout)
-        if frame["type"] == kind:
-            return frame
 
 
 # -- titles ----------------------------------------------------------------------------------------------
@@ -151,7 +138,7 @@ async def test_patch_of_someone_elses_or_an_unknown_conversation_is_404(server):
                 assert h.get(f"/api/conversations/{target}").status_code == 404
         with api(server, owner) as h:
             assert h.get(f"/api/conversations/{conv}").json()["title"] == "not yours"
-        with anonymous_api(server) as anonymous:
+        with api(server, None) as anonymous:
             assert anonymous.patch(f"/api/conversations/{conv}", json={"title": "x"}).status_code == 401
     finally:
         await owner.close()
@@ -164,7 +151,7 @@ async def test_the_echo_backend_lists_echo_as_its_only_and_default_model(server)
     try:
         with api(server, c) as h:
             assert h.get("/api/models").json() == {"items": [{"id": "echo"}], "default": "echo"}
-        with anonymous_api(server) as anonymous:
+        with api(server, None) as anonymous:
             assert anonymous.get("/api/models").status_code == 401
     finally:
         await c.close()

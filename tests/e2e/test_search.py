@@ -12,17 +12,11 @@ import uuid
 
 import httpx
 import pytest
-from support.client import Client, aio, cid
+from support.client import Client, aio, api, cid
 
 ECHO = "You said: "
 
 
-def api(server, client: Client) -> httpx.Client:
-    return httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {client.token}"}, timeout=20)
-
-
-def anonymous_api(server) -> httpx.Client:
-    return httpx.Client(base_url=server.base_url, timeout=20)
 
 
 def hits(h: httpx.Client, q: str, **params) -> list[dict]:
@@ -188,7 +182,7 @@ async def test_bad_search_input_is_400_or_422(server, params, status):
     try:
         with api(server, c) as h:
             assert h.get("/api/search", params=params).status_code == status
-        with anonymous_api(server) as anonymous:
+        with api(server, None) as anonymous:
             assert anonymous.get("/api/search", params={"q": "x"}).status_code == 401
     finally:
         await c.close()

@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
-import httpx
 import pytest
 from fake_llm import FakeLLM
-from support.client import Client, aio, poll
+from support.client import Client, aio, api, next_of, poll
 
 SYSTEM = "You are a test."
 
@@ -29,15 +28,6 @@ def env(fake: FakeLLM, **more: object) -> dict[str, object]:
             "CHAT_MODEL": "fake-model", "CHAT_SYSTEM_PROMPT": SYSTEM, "CHAT_LLM_RETRIES": "0", **more}
 
 
-def api(server, client: Client) -> httpx.Client:
-    return httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {client.token}"}, timeout=20)
-
-
-async def next_of(c: Client, kind: str, timeout: float = 5) -> dict:
-    while True:
-        frame = await c.recv(timeout)
-        if frame["type"] == kind:
-            return frame
 
 
 def title_requests(fake: FakeLLM) -> list:

@@ -214,6 +214,20 @@ class Rest:
         return self.http.delete(f"/api/conversations/{conversation_id}")
 
 
+def api(server: Any, client: Client | None) -> httpx.Client:
+    """The HTTP API as `client`'s user (its token); None: with no token at all."""
+    headers = {"Authorization": f"Bearer {client.token}"} if client is not None else {}
+    return httpx.Client(base_url=server.base_url, headers=headers, timeout=20)
+
+
+async def next_of(c: Client, kind: str, timeout: float = 5) -> dict[str, Any]:
+    """The next frame of `kind`, skipping others (a sync socket also hears replies)."""
+    while True:
+        frame = await c.recv(timeout)
+        if frame["type"] == kind:
+            return frame
+
+
 async def poll(fn, until, timeout: float = 10.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while True:
