@@ -39,7 +39,6 @@ import os
 import random
 import signal
 import socket
-import statistics
 import struct
 import subprocess
 import sys
@@ -369,8 +368,9 @@ def sweep(kind: str, args: argparse.Namespace, workdir: Path) -> list[dict[str, 
         rows.append(r)
         failed = (r["p99_ms"] is None or r["p99_ms"] > args.limit_ms or r["open"] < n or r["bad_turns"]
                   or r["errors"])
-        log(f"[{kind}] N={n}: p50 {r['p50_ms']} p99 {r['p99_ms']} ms, gap p99 {r['gap_p99_ms']} ms, {r['turns']} turns, server CPU "
-            f"{r['server_cpu_pct']} %, RSS {r['server_rss_kib']} KiB, {r['cpu_us_per_delta']} µs/delta, "
+        log(f"[{kind}] N={n}: p50 {r['p50_ms']} p99 {r['p99_ms']} ms, gap p99 {r['gap_p99_ms']} ms, "
+            f"{r['turns']} turns, server CPU {r['server_cpu_pct']} %, RSS {r['server_rss_kib']} KiB, "
+            f"{r['cpu_us_per_delta']} µs/delta, "
             f"{r['kib_per_stream']} KiB/stream, loadgen CPU {r['loadgen_cpu_pct']} %"
             + (f", errors {r['errors']} bad {r['bad_turns']}" if r["errors"] or r["bad_turns"] else "")
             + (" -> FAIL" if failed else ""))
@@ -387,7 +387,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         n = f"{r['n']} (idle)" if r.get("baseline") else (f"**{r['n']}** ✗" if r.get("failed") else str(r["n"]))
         out.append(f"| {r['server']} | {n} | {r['p50_ms']} | {r['p99_ms']} | {r['turns']} | {r['server_cpu_pct']} "
                    f"| {r['server_rss_kib'] / 1024:.0f} | {r['cpu_us_per_delta']} | {r['cpu_pct_per_stream']} "
-                   f"| {r['kib_per_stream'] if not r.get('baseline') else ''} | {r['loadgen_cpu_pct']} | {r['gap_p99_ms']} |")
+                   f"| {r['kib_per_stream'] if not r.get('baseline') else ''} | {r['loadgen_cpu_pct']} "
+                   f"| {r['gap_p99_ms']} |")
     return "\n".join(out)
 
 
