@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from server import metrics
 from server.auth import OPEN_MODE_SECRET_NAME, Authenticator
 from server.chat.backends import make_backend
+from server.chat.checkpoints import ReplyCheckpoints
 from server.chat.hub import Hub
 from server.chat.limits import UserLimits
 from server.chat.models import ModelCatalog
@@ -64,9 +65,12 @@ async def start_services(settings: Settings) -> Services:
         bus, heartbeat, on_swept = await _start_many_processes(settings, db, owner)
     own_claims = OwnClaims(db, owner, bus.running, on_swept)
     own_claims.start()
+    checkpoints = ReplyCheckpoints(db, settings.reply_checkpoint_s)
+    checkpoints.start()
     backend = make_backend(settings)
     return Services(settings, db, bus, Hub(bus), backend, auth, limits, owner,
-                    Titler(db, backend, bus, settings), ModelCatalog(backend, settings), heartbeat, own_claims)
+                    Titler(db, backend, bus, settings), ModelCatalog(backend, settings), checkpoints,
+                    heartbeat, own_claims)
 
 
 async def _start_many_processes(

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from server import metrics
 from server.chat.backends import Backend, BackendError, ContextMessage, ModelRequest, ReplyStats
+from server.chat.checkpoints import ReplyCheckpoints
 from server.chat.commit_points import store_reply
 from server.config import Settings
 from server.db import conversations, tree
@@ -57,6 +58,7 @@ class ReplyDeps:
     bus: ReplyPublishing
     backend: Backend
     settings: Settings
+    checkpoints: ReplyCheckpoints  # keeps a long reply's text so far for the crash sweep
     # Told of every reply stored (a conversation's first one may earn a title); must not block.
     after_reply: Callable[[MessageRecord, MessageRecord], None] | None = None
 
@@ -80,8 +82,6 @@ async def _generate_and_store(deps: ReplyDeps, reply: LiveReply, message: Messag
         turn = ModelRequest(message.conversation_id, message.content, context, draft.stats,
                             settings.system_prompt, settings.model)
 
-        checkpoint = Checkpointer(deps, reply)
-
         async def publish(piece: str) -> None:
             piece = storable_text(piece)
             if not piece:
@@ -89,9 +89,12 @@ async def _generate_and_store(deps: ReplyDeps, reply: LiveReply, message: Messag
             if not reply.pieces:
                 draft.first_piece()
             await deps.bus.publish(reply, piece)
-            checkpoint.maybe()
 
-        status, detail = await stream_reply(deps.backend, turn, reply, publish, deps.settings.llm_timeout_s)
+        deps.checkpoints.track(reply)
+        try:
+            status, detail = await stream_reply(deps.backend, turn, reply, publish, deps.settings.llm_timeout_s)
+        finally:
+            deps.checkpoints.forget(reply)
     except DatabaseUnavailable:
         status, detail = "error", "the conversation could not be read from the database"
     if status == "deleted":
@@ -118,35 +121,6 @@ async def _generate_and_store(deps: ReplyDeps, reply: LiveReply, message: Messag
     if deps.after_reply is not None:
         deps.after_reply(message, stored)
     return Outcome(stored)
-
-
-class Checkpointer:
-    """Every `reply_checkpoint_s` of a long reply, its text so far goes to its record in flight,
-    so that a crash sweep stores what the person saw. Off the producer's path: the write runs in
-    its own task, one at a time, and a failed one is only logged. Short replies never write."""
-
-    __slots__ = ("deps", "reply", "interval", "due", "writing")
-
-    def __init__(self, deps: ReplyDeps, reply: LiveReply):
-        self.deps, self.reply = deps, reply
-        self.interval = deps.settings.reply_checkpoint_s
-        self.due = time.monotonic() + self.interval
-        self.writing: asyncio.Task[None] | None = None
-
-    def maybe(self) -> None:
-        if self.interval <= 0 or time.monotonic() < self.due or self.writing is not None:
-            return
-        self.due = time.monotonic() + self.interval
-        self.writing = asyncio.ensure_future(self._write(self.reply.content))
-
-    async def _write(self, content: str) -> None:
-        reply = self.reply
-        try:
-            await self.deps.db.write(lambda store: store.checkpoint_reply(reply.reply_to, reply.id, content))
-        except DatabaseUnavailable:
-            log.warning("checkpoint of reply %s failed", reply.id, exc_info=True)
-        finally:
-            self.writing = None
 
 
 async def _context(deps: ReplyDeps, message: MessageRecord) -> tuple[list[ContextMessage], ModelSettings]:

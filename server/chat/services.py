@@ -11,6 +11,7 @@ from functools import cached_property
 
 from server.auth import Authenticator
 from server.chat.backends import Backend
+from server.chat.checkpoints import ReplyCheckpoints
 from server.chat.hub import Hub
 from server.chat.limits import UserLimits
 from server.chat.models import ModelCatalog
@@ -35,16 +36,19 @@ class Services:
     owner: str  # this process incarnation: recorded with every reply it generates
     titler: Titler
     models: ModelCatalog
+    checkpoints: ReplyCheckpoints
     heartbeat: Heartbeat | None = None  # PostgreSQL: this process's lease
     own_claims: OwnClaims | None = None  # stores the claims this process holds but no longer runs
 
     @cached_property
     def reply_deps(self) -> ReplyDeps:
         """Built once, not per socket (every session's turn runner holds it)."""
-        return ReplyDeps(self.db, self.bus, self.backend, self.settings, self.titler.after_reply)
+        return ReplyDeps(self.db, self.bus, self.backend, self.settings, self.checkpoints,
+                         self.titler.after_reply)
 
     async def close(self) -> None:
         await self.titler.close()
+        await self.checkpoints.close()
         if self.own_claims is not None:
             await self.own_claims.close()
         await self.bus.close()

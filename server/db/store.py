@@ -97,6 +97,9 @@ _BY_CLIENT_ID = select(*MESSAGE_COLUMNS).where(messages.c.user_id == _p("p_user"
 _REPLIES_TO = select(*MESSAGE_COLUMNS).where(messages.c.reply_to == _p("p_message")).order_by(messages.c.seq)
 _SEQ_OF = select(messages.c.seq).where(messages.c.id == _p("p_message"),
                                        messages.c.conversation_id == _p("p_conversation"))
+_CHECKPOINT = update(replies_in_flight).where(replies_in_flight.c.user_message_id == _p("p_message"),
+                                              replies_in_flight.c.reply_id == _p("p_reply")
+                                              ).values(content=_p("p_text"))
 
 
 def _append_statement(claiming: bool) -> Any:
@@ -374,11 +377,12 @@ class Store:
         self.conn.execute(delete(replies_in_flight).where(replies_in_flight.c.user_message_id == user_message.id))
         self.conn.execute(_INSERT_IN_FLIGHT, _flight_row(user_message, user_id, claim))
 
-    def checkpoint_reply(self, user_message_id: str, reply_id: str, content: str) -> None:
-        """Keep the text so far of a long reply, for the sweep should its process die."""
-        f = replies_in_flight.c
-        self.conn.execute(update(replies_in_flight).where(f.user_message_id == user_message_id,
-                                                          f.reply_id == reply_id).values(content=content))
+    def checkpoint_replies(self, texts: list[tuple[str, str, str]]) -> None:
+        """Keep the text so far of long replies, (user_message_id, reply_id, text) each, for the
+        sweep should their process die: one statement, executed for each."""
+        if texts:
+            self.conn.execute(_CHECKPOINT, [{"p_message": message, "p_reply": reply, "p_text": text}
+                                            for message, reply, text in texts])
 
     def orphans(self, live_owner: str) -> list[Orphan]:
         """Replies in flight that no live process generates: every owner but `live_owner`."""

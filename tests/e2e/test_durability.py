@@ -160,6 +160,36 @@ async def repeated_kills(server: ServerProcess) -> None:
         assert (reply["id"], reply["content"], reply["status"]) == (done["message_id"], ECHO + text, "complete")
 
 
+def test_kill_9_mid_long_replies_keeps_the_text_their_checkpoints_wrote(db, make_server):
+    server = make_server(db, CHAT_ECHO_DELAY_MS=40, CHAT_REPLY_CHECKPOINT_S=0.2)
+    asyncio.run(kill_mid_long_replies(server))
+
+
+async def kill_mid_long_replies(server: ServerProcess) -> None:
+    # Three users' replies stream at once: one round of checkpoints writes all three.
+    clients = [await Client.open(server) for _ in range(3)]
+    contents = [words(60, tag=f"u{i}-") for i in range(len(clients))]
+    acks = []
+    for c, content in zip(clients, contents, strict=True):
+        await c.message(content, client_id=cid())
+        acks.append(await c.expect("ack"))
+    # 30 deltas at 40 ms: 1.2 s of streaming, several rounds of 0.2 s.
+    seen = [await c.collect(stop_after_deltas=30) for c in clients]
+    server.kill()
+    for c in clients:
+        await c.close()
+
+    server.restart()
+    for c, ack, content, turn in zip(clients, acks, contents, seen, strict=True):
+        stored = Rest(server, c.token).every_message(ack["conversation_id"])
+        assert [(m["role"], m["status"]) for m in stored] == [("user", "complete"), ("assistant", "interrupted")]
+        text = stored[1]["content"]
+        # What a checkpoint wrote: the start of the reply, more than its first round could have
+        # missed, and never more than the reply.
+        assert (ECHO + content).startswith(text), text
+        assert len(text.split()) >= 10, f"the checkpoints kept {text!r} of {len(turn.deltas)} deltas seen"
+
+
 # -- SIGTERM ---------------------------------------------------------------------------------------
 def test_sigterm_mid_reply_stores_replies_interrupted_and_closes_1001(db, make_server):
     server = make_server(db, CHAT_ECHO_DELAY_MS=200)

@@ -266,7 +266,7 @@ async def test_the_sweep_stores_a_dead_owners_replies_as_interrupted(harness):
                                         seq=1, role="user", content="hello", status="complete", client_id="k",
                                         reply_to=None, now=now)
             store.claim_reply(message, "u1", Claim("r-dead", "old-owner"))
-            store.checkpoint_reply(message.id, "r-dead", "half a ")
+            store.checkpoint_replies([(message.id, "r-dead", "half a ")])
             return message
 
         message: MessageRecord = await h.svc.db.write(crashed_turn)
@@ -281,21 +281,26 @@ async def test_the_sweep_stores_a_dead_owners_replies_as_interrupted(harness):
 @aio
 async def test_a_long_reply_checkpoints_its_text_for_the_sweep(harness):
     async with harness(pieces=10, reply_checkpoint_s=0.05) as h:
+        async def stored_text(expected: str) -> str:
+            for _ in range(200):
+                orphans = await h.svc.db.read(lambda s: s.orphans("someone else"))
+                if orphans[0].content == expected:
+                    break
+                await asyncio.sleep(0.01)
+            return orphans[0].content
+
         sink = FakeSink()
         h.send("u1", sink, "hello")
         h.model.give(2)
         await sink.until(lambda s: len(s.of("delta")) == 2)
-        await asyncio.sleep(0.08)
-        h.model.give(1)  # the piece after the interval writes the text so far
+        # A round after the interval writes the text so far; a later one, the longer text.
+        assert await stored_text("p1 p2 ") == "p1 p2 "
+        h.model.give(1)
         await sink.until(lambda s: len(s.of("delta")) == 3)
-        for _ in range(100):
-            orphans = await h.svc.db.read(lambda s: s.orphans("someone else"))
-            if orphans and orphans[0].content:
-                break
-            await asyncio.sleep(0.01)
-        assert [o.content for o in orphans] == ["p1 p2 p3 "]
+        assert await stored_text("p1 p2 p3 ") == "p1 p2 p3 "
         h.model.end()
         await h.settle()
+        assert len(h.svc.checkpoints) == 0, "a stored reply is no longer checkpointed"
 
 
 @aio

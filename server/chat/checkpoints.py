@@ -1,0 +1,89 @@
+"""The text so far of this process's long replies, kept in their records in flight for the crash
+sweep: a reply that has streamed for `reply_checkpoint_s` gets its text written, and again every
+`reply_checkpoint_s` while it streams, so that a `kill -9` stores what the person saw.
+
+All the replies due are written in one unit of work per round (a round every second, or every
+`reply_checkpoint_s` if shorter), not one unit per reply: with a thousand long replies streaming,
+one write a second instead of two hundred (each a transaction and, on PostgreSQL, a pool checkout
+and three round trips on the event loop). A round's write is off every producer's path, and a
+failed one is only logged: a later round writes the longer text. Short replies never write.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from server.db.store import Store
+from server.db.uow import Database
+from server.recovery.periodic import Periodic
+from server.replies.reply import LiveReply
+
+ROUND_S = 1.0  # at most; a reply's stored text is at most reply_checkpoint_s + this old
+
+
+@dataclass(eq=False, slots=True)
+class _Tracked:
+    reply: LiveReply
+    due: float  # monotonic
+    written: int = 0  # the seq its stored text ends at
+
+
+class ReplyCheckpoints(Periodic):
+    what = "the checkpoint of long replies"
+
+    def __init__(self, db: Database, interval_s: float):
+        super().__init__(min(interval_s, ROUND_S))
+        self.db = db
+        self.interval_s = interval_s
+        self._tracked: dict[str, _Tracked] = {}  # by reply id
+
+    def __len__(self) -> int:
+        """How many replies are tracked."""
+        return len(self._tracked)
+
+    @property
+    def enabled(self) -> bool:
+        return self.interval_s > 0
+
+    def start(self) -> None:
+        if self.enabled:
+            super().start()
+
+    def track(self, reply: LiveReply) -> None:
+        """`reply` is being generated here: its first checkpoint is due in `reply_checkpoint_s`."""
+        if self.enabled:
+            self._tracked[reply.id] = _Tracked(reply, time.monotonic() + self.interval_s)
+
+    def forget(self, reply: LiveReply) -> None:
+        """`reply` ended (it is about to be stored): no more checkpoints."""
+        self._tracked.pop(reply.id, None)
+
+    def due(self) -> list[tuple[str, str, str, str]]:
+        """(conversation_id, user_message_id, reply_id, text) of each reply due with text not yet
+        written; they count as written from now."""
+        now = time.monotonic()
+        texts = []
+        for tracked in self._tracked.values():
+            reply = tracked.reply
+            if tracked.due <= now and reply.seq > tracked.written:
+                texts.append((reply.conversation_id, reply.reply_to, reply.id, reply.content))
+                tracked.due, tracked.written = now + self.interval_s, reply.seq
+        # In the order of the turn writes' batches (pg_turn_writes.py), so that a round and a
+        # batch that stores one of these replies take their row locks in one order.
+        texts.sort()
+        return texts
+
+    async def tick(self) -> None:
+        texts = self.due()
+        if texts:
+            rows = [(user_message_id, reply_id, text) for _, user_message_id, reply_id, text in texts]
+
+            def work(store: Store) -> None:
+                store.checkpoint_replies(rows)
+
+            await self.db.write(work)
+
+    async def close(self) -> None:
+        await self.stop()
+        self._tracked.clear()
