@@ -43,6 +43,12 @@ class ChatApp:
             # only what turns made, not the whole heap, and pauses every socket for less.
             gc.collect()
             gc.freeze()
+            # A young collection every 700 new objects promotes whatever is in flight at that
+            # moment (a pause per streaming reply, its timer, its task): with a thousand long
+            # replies, that made a full collection, a pause of every socket of 40-50 ms, every
+            # 4 s. Every 50,000: one full collection in 20 s, and a fifth of the time in the
+            # collector (docs/benchmarks.md, long streams).
+            gc.set_threshold(50_000, 10, 10)
             try:
                 yield
             finally:
