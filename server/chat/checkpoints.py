@@ -59,7 +59,7 @@ class ReplyCheckpoints(Periodic):
         """`reply` ended (it is about to be stored): no more checkpoints."""
         self._tracked.pop(reply.id, None)
 
-    def due(self) -> list[tuple[str, str, str, str]]:
+    def take_due(self) -> list[tuple[str, str, str, str]]:
         """(conversation_id, user_message_id, reply_id, text) of each reply due with text not yet
         written; they count as written from now."""
         now = time.monotonic()
@@ -75,7 +75,7 @@ class ReplyCheckpoints(Periodic):
         return texts
 
     async def tick(self) -> None:
-        texts = self.due()
+        texts = self.take_due()
         if texts:
             rows = [(user_message_id, reply_id, text) for _, user_message_id, reply_id, text in texts]
 

@@ -166,7 +166,7 @@ def test_kill_9_mid_long_replies_keeps_the_text_their_checkpoints_wrote(db, make
 
 
 async def kill_mid_long_replies(server: ServerProcess) -> None:
-    # Three users' replies stream at once: one round of checkpoints writes all three.
+    # Three users' replies stream at once: each round writes every one of them that is due.
     clients = [await Client.open(server) for _ in range(3)]
     contents = [words(60, tag=f"u{i}-") for i in range(len(clients))]
     acks = []
