@@ -37,10 +37,7 @@ import contextlib
 import json
 import os
 import random
-import signal
-import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -292,18 +289,6 @@ def pct(ordered: Any, p: int) -> float | None:
 
 
 # -- the servers ----------------------------------------------------------------------------------
-def wait_port(proc: subprocess.Popen[bytes], port: int, log_path: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{runner.tail(log_path)}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"server not listening after {timeout:g} s:\n{runner.tail(log_path)}")
-        time.sleep(0.1)
-
-
 @contextlib.contextmanager
 def server(kind: str, args: argparse.Namespace, workdir: Path):
     """Start one server on a fresh database; yield (port, pid)."""
@@ -327,21 +312,9 @@ def server(kind: str, args: argparse.Namespace, workdir: Path):
             env.update(BENCH_ORJSON="1", BENCH_PG_DSN=plain)
             script = "raw_ws_pg.py"
         argv = [args.python, str(Path(args.minimal_dir) / script), "--host", "127.0.0.1", "--port", str(port)]
-        with open(log_path, "wb") as out:
-            proc = subprocess.Popen(argv, env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
-        try:
-            wait_port(proc, port, log_path)
+        with runner.running(argv, env, workdir, log_path, port, timeout=60, ready=runner.listening) as proc:
             time.sleep(0.5)  # the PostgreSQL pool
             yield port, proc.pid
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
 
 
 def one_run(kind: str, n: int, args: argparse.Namespace, workdir: Path, duration: float | None = None

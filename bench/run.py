@@ -43,7 +43,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -101,26 +101,39 @@ def tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
+def healthy(port: int) -> bool:
+    """GET /healthz answers 200."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return bool(r.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def listening(port: int) -> bool:
+    """Something accepts connections on the port (a server with no /healthz)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def running(argv: list[str], env: dict[str, str], cwd: Path, log_path: Path, port: int,
-            timeout: float = 90.0) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a server, wait for GET /healthz to answer 200, and stop it (SIGTERM) afterwards."""
+            timeout: float = 90.0, ready: Callable[[int], bool] = healthy) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a server, wait until `ready(port)` (by default GET /healthz answers 200), and stop
+    it (SIGTERM) afterwards."""
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + timeout
-        while True:
+        while not ready(port):
             if proc.poll() is not None:
                 raise RuntimeError(f"{argv[0]} exited with {proc.returncode}:\n{tail(log_path)}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{argv[0]} not healthy after {timeout:g} s:\n{tail(log_path)}")
+                raise RuntimeError(f"{argv[0]} not ready after {timeout:g} s:\n{tail(log_path)}")
             time.sleep(0.1)
         yield proc
     finally:
