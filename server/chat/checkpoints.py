@@ -5,8 +5,8 @@ sweep: a reply that has streamed for `reply_checkpoint_s` gets its text written,
 All the replies due are written in one unit of work per round (a round every second, or every
 `reply_checkpoint_s` if shorter), not one unit per reply: with a thousand long replies streaming,
 one write a second instead of two hundred (each a transaction and, on PostgreSQL, a pool checkout
-and three round trips on the event loop). A round's write is off every producer's path, and a
-failed one is only logged: a later round writes the longer text. Short replies never write.
+and three round trips on the event loop). A round's write is off every producer's path; a
+failed one is logged, and its replies are written again when next due. Short replies never write.
 """
 
 from __future__ import annotations
@@ -59,30 +59,35 @@ class ReplyCheckpoints(Periodic):
         """`reply` ended (it is about to be stored): no more checkpoints."""
         self._tracked.pop(reply.id, None)
 
-    def take_due(self) -> list[tuple[str, str, str, str]]:
-        """(conversation_id, user_message_id, reply_id, text) of each reply due with text not yet
-        written; they count as written from now."""
+    def take_due(self) -> list[tuple[_Tracked, str]]:
+        """Each reply due with text not yet written, and that text; they count as written from now."""
         now = time.monotonic()
-        texts = []
+        due = []
         for tracked in self._tracked.values():
             reply = tracked.reply
             if tracked.due <= now and reply.seq > tracked.written:
-                texts.append((reply.conversation_id, reply.reply_to, reply.id, reply.content))
+                due.append((tracked, reply.content))
                 tracked.due, tracked.written = now + self.interval_s, reply.seq
         # In the order of the turn writes' batches (pg_turn_writes.py), so that a round and a
         # batch that stores one of these replies take their row locks in one order.
-        texts.sort()
-        return texts
+        due.sort(key=lambda item: item[0].reply.conversation_id)
+        return due
 
     async def tick(self) -> None:
-        texts = self.take_due()
-        if texts:
-            rows = [(user_message_id, reply_id, text) for _, user_message_id, reply_id, text in texts]
+        due = self.take_due()
+        if not due:
+            return
+        rows = [(tracked.reply.reply_to, tracked.reply.id, text) for tracked, text in due]
 
-            def work(store: Store) -> None:
-                store.checkpoint_replies(rows)
+        def work(store: Store) -> None:
+            store.checkpoint_replies(rows)
 
+        try:
             await self.db.write(work)
+        except BaseException:
+            for tracked, _ in due:
+                tracked.written = 0  # not written: the round that finds it due again writes it
+            raise
 
     async def close(self) -> None:
         await self.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from sqlalchemy import text
 from support.inprocess import FakeSink, aio
 
 from server.chat.turn_runner import TurnInProgress
@@ -301,6 +302,32 @@ async def test_a_long_reply_checkpoints_its_text_for_the_sweep(harness):
         h.model.end()
         await h.settle()
         assert len(h.svc.checkpoints) == 0, "a stored reply is no longer checkpointed"
+
+
+@aio
+async def test_a_checkpoint_that_failed_is_written_again_when_next_due(harness):
+    async with harness(pieces=10, reply_checkpoint_s=0.05) as h:
+        # A real failure of the database for these writes: a trigger that aborts them.
+        await h.svc.db.write(lambda s: s.conn.execute(text(
+            "CREATE TRIGGER no_checkpoints BEFORE UPDATE OF content ON replies_in_flight "
+            "BEGIN SELECT RAISE(ABORT, 'refused'); END")))
+        sink = FakeSink()
+        h.send("u1", sink, "hello")
+        h.model.give(2)
+        await sink.until(lambda s: len(s.of("delta")) == 2)
+        await asyncio.sleep(0.2)  # rounds that find it due and fail
+        orphans = await h.svc.db.read(lambda s: s.orphans("someone else"))
+        assert [o.content for o in orphans] == [""]
+        await h.svc.db.write(lambda s: s.conn.execute(text("DROP TRIGGER no_checkpoints")))
+        # No piece since: the text the failed rounds took is written all the same.
+        for _ in range(200):
+            orphans = await h.svc.db.read(lambda s: s.orphans("someone else"))
+            if orphans[0].content:
+                break
+            await asyncio.sleep(0.01)
+        assert [o.content for o in orphans] == ["p1 p2 "]
+        h.model.end()
+        await h.settle()
 
 
 @aio
