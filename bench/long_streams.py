@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loadgen  # noqa: E402  (bench/loadgen.py: a process's CPU seconds and RSS from /proc)
 import run as runner  # noqa: E402  (bench/run.py: fresh databases, free ports, health wait)
 
 try:
@@ -211,26 +212,11 @@ class WsClient(asyncio.Protocol):
             self.transport.close()
 
 
-def cpu_s(pid: int) -> float:
-    """utime + stime of the process, seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
 async def play(port: int, pid: int, n: int, words: int, args: argparse.Namespace) -> dict[str, Any]:
     """N sockets, closed loop, --ramp then --duration seconds; the window's figures."""
     loop = asyncio.get_running_loop()
     rec = Recorder(args.delay_ms / 1000)
-    rss0 = rss_kib(pid)
+    rss0 = loadgen.rss_kib(str(pid))
     gate = asyncio.Semaphore(100)
     clients: list[WsClient] = []
 
@@ -254,9 +240,11 @@ async def play(port: int, pid: int, n: int, words: int, args: argparse.Namespace
         loop.call_later(rng.uniform(0, args.ramp), c.send_message)
     await asyncio.sleep(args.ramp + args.settle)
     rec.measuring = True
-    t0, own0, cpu0 = time.perf_counter(), time.process_time(), cpu_s(pid)
+    server_pid = str(pid)
+    t0, own0, cpu0 = time.perf_counter(), time.process_time(), loadgen.cpu_seconds(server_pid)
     await asyncio.sleep(args.duration)
-    t1, own1, cpu1, rss1 = time.perf_counter(), time.process_time(), cpu_s(pid), rss_kib(pid)
+    t1, own1, cpu1 = time.perf_counter(), time.process_time(), loadgen.cpu_seconds(server_pid)
+    rss1 = loadgen.rss_kib(server_pid)
     rec.measuring = False
     for c in clients:
         c.close()
