@@ -18,9 +18,11 @@ def run_loadgen(*args: str) -> dict:
 
 
 def test_load_mode_completes_every_turn(server):
-    result = run_loadgen("--url", server.ws_url, "--sockets", "5", "--turns", "3", "--words", "8",
+    # 100 turns: enough machine CPU to span a few of /proc/stat's 10 ms ticks (15 turns could
+    # fall inside one, and read as 0).
+    result = run_loadgen("--url", server.ws_url, "--sockets", "5", "--turns", "20", "--words", "8",
                          "--pid", str(server.pid))
-    assert result["failures"] == 0 and result["turns"] == 15, result
+    assert result["failures"] == 0 and result["turns"] == 100, result
     assert result["turns_per_s"] > 0 and result["cpu_ms_per_turn"] is not None
     assert result["machine_cpu_ms_per_turn"] > 0 and result["loadgen_cpu_ms_per_turn"] > 0, result
 
